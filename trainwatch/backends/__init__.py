@@ -1,0 +1,53 @@
+"""Backend adapters: the only place that imports TensorFlow, JAX or PyTorch.
+
+Each framework has one small module with the same names (`NAME`,
+`value_and_grad`, `to_numpy`, `x64_scope`). `get_backend()` imports the one for
+the active Keras backend, so no other framework is ever imported. Code that
+works at the level of Keras models (losses, gradients, the float64 shadow,
+layer captures) lives in `model_functions.py` and `float64.py` and uses only
+these names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+_SUPPORTED = ("tensorflow", "jax", "torch")
+_loaded: dict[str, ModuleType] = {}
+
+
+def active_backend_name() -> str:
+    """Returns the name of the active Keras backend (`keras.backend.backend()`)."""
+    import keras
+
+    return keras.backend.backend()
+
+
+def get_backend() -> ModuleType:
+    """Returns the adapter module for the active Keras backend.
+
+    Returns:
+        A module with `NAME`, `value_and_grad(fn, args)`, `to_numpy(x)` and
+        `x64_scope()`.
+
+    Raises:
+        NotImplementedError: the active backend is not one trainwatch supports
+            (e.g. `numpy` or `openvino`, which cannot compute gradients).
+
+    Example:
+
+    >>> from trainwatch.backends import get_backend
+    >>> get_backend().NAME in ("tensorflow", "jax", "torch")
+    True
+    """
+    name = active_backend_name()
+    if name not in _SUPPORTED:
+        raise NotImplementedError(
+            "trainwatch needs gradients, which the "
+            f"{name} backend cannot compute. Set KERAS_BACKEND to one of "
+            f"{_SUPPORTED}. Received: backend={name!r}"
+        )
+    if name not in _loaded:
+        _loaded[name] = importlib.import_module(f"trainwatch.backends.{name}_backend")
+    return _loaded[name]

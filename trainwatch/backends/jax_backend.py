@@ -1,0 +1,36 @@
+"""JAX adapter: gradients with `jax.value_and_grad`, 64-bit mode when asked."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+NAME = "jax"
+
+
+def value_and_grad(fn, args):
+    """Evaluates `fn(args)` and the gradient of its scalar with respect to `args`.
+
+    Args:
+        fn: Callable taking the list `args` and returning `(scalar, aux)`.
+        args: List of float arrays to differentiate with respect to.
+
+    Returns:
+        `(value, aux, grads)`: the scalar as a numpy float, `aux` as returned by
+        `fn`, and one numpy array per arg (JAX returns zeros, never `None`,
+        for an arg the scalar does not depend on).
+    """
+    (value, aux), grads = jax.value_and_grad(fn, has_aux=True)(list(args))
+    return to_numpy(value), aux, [to_numpy(g) for g in grads]
+
+
+def to_numpy(x) -> np.ndarray:
+    """Copies an array (or Keras variable) to a numpy array on the host."""
+    if hasattr(x, "value") and not isinstance(x, jax.Array):
+        x = x.value
+    return np.asarray(jax.device_get(x))
+
+
+def x64_scope():
+    """Context in which JAX keeps float64 arrays float64 (`jax_enable_x64`)."""
+    return jax.enable_x64(True)

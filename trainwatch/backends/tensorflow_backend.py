@@ -1,0 +1,47 @@
+"""TensorFlow adapter: gradients with `tf.GradientTape`, eager mode."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import tensorflow as tf
+
+NAME = "tensorflow"
+
+
+def value_and_grad(fn, args):
+    """Evaluates `fn(args)` and the gradient of its scalar with respect to `args`.
+
+    Args:
+        fn: Callable taking the list `args` and returning `(scalar, aux)`.
+        args: List of float tensors to differentiate with respect to.
+
+    Returns:
+        `(value, aux, grads)`: the scalar as a numpy float, `aux` as returned by
+        `fn` (tensors left as they are), and one numpy array per arg, or `None`
+        where the scalar does not depend on that arg.
+    """
+    args = [tf.convert_to_tensor(a) for a in args]
+    with tf.GradientTape() as tape:
+        for a in args:
+            tape.watch(a)
+        value, aux = fn(args)
+    grads = tape.gradient(
+        value, args, unconnected_gradients=tf.UnconnectedGradients.NONE
+    )
+    return to_numpy(value), aux, [None if g is None else to_numpy(g) for g in grads]
+
+
+def to_numpy(x) -> np.ndarray:
+    """Copies a tensor (or variable) to a numpy array on the host."""
+    if isinstance(x, tf.IndexedSlices):
+        x = tf.convert_to_tensor(x)
+    if hasattr(x, "numpy"):
+        return np.asarray(x.numpy())
+    return np.asarray(x)
+
+
+def x64_scope():
+    """TensorFlow computes in float64 whenever its inputs are float64."""
+    return contextlib.nullcontext()

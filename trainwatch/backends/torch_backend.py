@@ -1,0 +1,60 @@
+"""PyTorch adapter: gradients with `torch.autograd.grad`."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+NAME = "torch"
+
+
+def value_and_grad(fn, args):
+    """Evaluates `fn(args)` and the gradient of its scalar with respect to `args`.
+
+    Args:
+        fn: Callable taking the list `args` and returning `(scalar, aux)`.
+        args: List of float tensors to differentiate with respect to.
+
+    Returns:
+        `(value, aux, grads)`: the scalar as a numpy float, `aux` as returned by
+        `fn` (detached), and one numpy array per arg, or `None` where the scalar
+        does not depend on that arg.
+    """
+    leaves = []
+    for a in args:
+        t = a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
+        leaves.append(t.detach().requires_grad_(True))
+    with torch.enable_grad():
+        value, aux = fn(leaves)
+        if value.requires_grad:
+            grads = torch.autograd.grad(value, leaves, allow_unused=True)
+        else:
+            grads = [None] * len(leaves)
+    aux = _detach(aux)
+    return to_numpy(value), aux, [None if g is None else to_numpy(g) for g in grads]
+
+
+def _detach(tree):
+    if isinstance(tree, torch.Tensor):
+        return tree.detach()
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_detach(t) for t in tree)
+    if isinstance(tree, dict):
+        return {k: _detach(v) for k, v in tree.items()}
+    return tree
+
+
+def to_numpy(x) -> np.ndarray:
+    """Copies a tensor (or Keras variable) to a numpy array on the host."""
+    if hasattr(x, "value") and not isinstance(x, torch.Tensor):
+        x = x.value
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def x64_scope():
+    """PyTorch computes in float64 whenever its inputs are float64."""
+    return contextlib.nullcontext()
