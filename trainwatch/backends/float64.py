@@ -1,0 +1,223 @@
+"""A float64 shadow copy of a Keras model, and the mode in which it runs float64.
+
+A float32 gradient check reports errors of 1e-2 on correct code, so the check
+runs on a copy of the user's model rebuilt in float64. Two things stand in the
+way, and both are handled here:
+
+* every layer's config carries its dtype policy, so the copy is rebuilt from a
+  config in which every floating dtype is replaced by float64;
+* Keras's type promotion maps float64 to float32 on JAX and PyTorch
+  (`keras.src.backend.common.dtypes.BIT64_TO_BIT32_DTYPE`), and JAX needs
+  `jax_enable_x64`. `float64_mode()` lifts both, plus `floatx`, for the
+  duration of a `with` block and restores them afterwards, so the user's run
+  stays float32.
+
+The user's model, its optimizer and the global Keras settings are left as they
+were: only the shadow's own variables are written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import keras
+import numpy as np
+
+from trainwatch.backends import get_backend
+
+_FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64"}
+_FLOAT_POLICIES = _FLOAT_DTYPES | {"mixed_float16", "mixed_bfloat16"}
+
+
+class Float64Unavailable(RuntimeError):
+    """The model cannot be rebuilt in float64; the message says why."""
+
+
+def _promotion_table():
+    from keras.src.backend.common import dtypes
+
+    return dtypes.BIT64_TO_BIT32_DTYPE
+
+
+@contextlib.contextmanager
+def float64_mode():
+    """Runs Keras in true float64 inside the block, then restores everything.
+
+    Sets `floatx` and the global dtype policy to float64, stops Keras from
+    demoting float64 results to float32 (JAX, PyTorch) and enables 64-bit
+    arrays in JAX.
+
+    Example:
+
+    >>> with float64_mode():
+    ...     keras.ops.tanh(np.ones(2)).dtype  # doctest: +SKIP
+    'float64'
+    """
+    from keras.src.backend.common import global_state
+
+    table = _promotion_table()
+    old_floatx = keras.config.floatx()
+    old_policy = global_state.get_global_attribute("dtype_policy", None)
+    old_promotion = table.get("float64")
+    try:
+        keras.config.set_floatx("float64")
+        global_state.set_global_attribute("dtype_policy", None)
+        table["float64"] = "float64"
+        with get_backend().x64_scope():
+            yield
+    finally:
+        table["float64"] = old_promotion
+        keras.config.set_floatx(old_floatx)
+        global_state.set_global_attribute("dtype_policy", old_policy)
+
+
+def _retype(config):
+    """Returns `config` with every floating dtype or dtype policy set to float64."""
+    if isinstance(config, dict):
+        out = {}
+        for key, value in config.items():
+            if key == "dtype":
+                out[key] = _retype_dtype(value)
+            else:
+                out[key] = _retype(value)
+        return out
+    if isinstance(config, list):
+        return [_retype(item) for item in config]
+    if isinstance(config, tuple):
+        return tuple(_retype(item) for item in config)
+    return config
+
+
+def _retype_dtype(value):
+    if isinstance(value, str):
+        return "float64" if value in _FLOAT_POLICIES else value
+    if isinstance(value, dict):
+        inner = value.get("config", {})
+        name = inner.get("name") if isinstance(inner, dict) else None
+        class_name = value.get("class_name", "")
+        if class_name == "DTypePolicy" and name in _FLOAT_POLICIES:
+            return "float64"
+        if class_name == "DTypePolicyMap":
+            return "float64"
+        return _retype(value)
+    return value
+
+
+def _float64_loss(loss):
+    """A copy of a compiled loss that computes in float64."""
+    if isinstance(loss, keras.losses.Loss):
+        loss64 = copy.copy(loss)
+        loss64._dtype_policy = keras.DTypePolicy("float64")
+        loss64._dtype = "float64"
+        return loss64
+    if isinstance(loss, dict):
+        return {k: _float64_loss(v) for k, v in loss.items()}
+    if isinstance(loss, (list, tuple)):
+        return type(loss)(_float64_loss(v) for v in loss)
+    return loss  # a string (rebuilt under floatx float64) or a plain function
+
+
+def make_float64_shadow(model):
+    """Rebuilds `model` in float64, copies its weights and compiles its loss.
+
+    Must be called inside `float64_mode()`, and the shadow evaluated there too.
+
+    Args:
+        model: A built, compiled Keras model (Sequential, Functional, or a
+            subclassed model that implements `get_config`).
+
+    Returns:
+        A new `keras.Model` whose variables hold the user's values in float64.
+
+    Raises:
+        Float64Unavailable: the model cannot be serialized and rebuilt (e.g. a
+            subclassed model without `get_config`, an unregistered custom layer),
+            or the rebuilt model's variables do not match the original's.
+
+    Example:
+
+    >>> with float64_mode():
+    ...     shadow = make_float64_shadow(model)  # doctest: +SKIP
+    """
+    if keras.config.floatx() != "float64":
+        raise RuntimeError("make_float64_shadow must run inside float64_mode().")
+    try:
+        serialized = keras.saving.serialize_keras_object(model)
+        serialized = dict(serialized)
+        serialized.pop("compile_config", None)
+        serialized = _retype(serialized)
+        shadow = keras.saving.deserialize_keras_object(serialized)
+    except Exception as error:  # any failure to rebuild means "no float64 copy"
+        raise Float64Unavailable(
+            f"Could not rebuild model {model.name!r} from its config in float64 "
+            f"({type(error).__name__}: {error}). Register custom layers with "
+            "`@keras.saving.register_keras_serializable()` and give them a "
+            "`get_config()` that lists their constructor arguments."
+        ) from error
+    if not shadow.built:
+        build_config = (
+            model.get_build_config() if hasattr(model, "get_build_config") else None
+        )
+        try:
+            if build_config:
+                shadow.build_from_config(_retype(build_config))
+        except Exception as error:
+            raise Float64Unavailable(
+                f"Could not build the float64 copy of {model.name!r}: {error}"
+            ) from error
+    _copy_weights(model, shadow)
+    compile_config = getattr(model, "_compile_config", None)
+    loss_weights = None
+    if compile_config is not None:
+        loss_weights = compile_config.config.get("loss_weights")
+    if getattr(model, "_compile_loss", None) is not None:
+        shadow.compile(
+            optimizer="sgd", loss=_float64_loss(model.loss), loss_weights=loss_weights
+        )
+    elif model.compiled:
+        shadow.compile(optimizer="sgd")
+    return shadow
+
+
+def _copy_weights(model, shadow):
+    source, target = model.weights, shadow.weights
+    if len(source) != len(target):
+        raise Float64Unavailable(
+            f"The float64 copy of {model.name!r} has {len(target)} weights, the "
+            f"model {len(source)}: the model's `get_config` does not describe it "
+            "fully, or it creates weights outside `build`."
+        )
+    to_numpy = get_backend().to_numpy
+    for src, dst in zip(source, target):
+        if tuple(src.shape) != tuple(dst.shape):
+            raise Float64Unavailable(
+                f"Weight {src.path} has shape {tuple(src.shape)} but its float64 "
+                f"copy {dst.path} has {tuple(dst.shape)}."
+            )
+        value = to_numpy(src)
+        if np.issubdtype(value.dtype, np.floating):
+            value = value.astype(np.float64)
+        dst.assign(value.astype(keras.backend.standardize_dtype(dst.dtype)))
+
+
+def fraction_beyond_float32(values) -> float:
+    """Fraction of finite entries that float32 cannot represent exactly.
+
+    A measured proof of float64 computation: results computed in float32 and
+    widened afterwards round-trip through float32 unchanged (fraction 0.0);
+    results of real float64 arithmetic almost never do (fraction near 1.0).
+
+    Example:
+
+    >>> fraction_beyond_float32(np.float32([0.1, 0.2]).astype(np.float64))
+    0.0
+    >>> fraction_beyond_float32(np.array([0.1, 0.2]))
+    1.0
+    """
+    array = np.asarray(values, dtype=np.float64).ravel()
+    array = array[np.isfinite(array) & (array != 0)]
+    if array.size == 0:
+        return 0.0
+    roundtrip = array.astype(np.float32).astype(np.float64)
+    return float(np.mean(roundtrip != array))

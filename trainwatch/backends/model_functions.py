@@ -1,0 +1,454 @@
+"""Loss, gradients and layer captures of a compiled Keras model.
+
+Everything here is stateless: the model is evaluated with
+`model.stateless_call` on explicit variable values, so its variables, its
+loss and metric trackers, its optimizer and its random state are never
+touched. Evaluation is in inference mode (`training=False`) by default, which
+holds dropout and other training-time randomness fixed.
+
+The loss is split into its two parts, which the gradient check and the sanity
+checks need apart:
+
+* data loss: the compiled loss (`compile(loss=...)`) on `y` and the prediction;
+* regularization loss: weight regularizers, activity regularizers and
+  `add_loss` terms (what Keras adds to the data loss during training).
+
+Only the framework-neutral adapter names (`value_and_grad`, `to_numpy`) are
+used, so this module works on every backend without importing one.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import keras
+import numpy as np
+
+from trainwatch.backends import get_backend
+
+PARTS = ("total", "data", "regularization")
+
+
+class LossParts(NamedTuple):
+    """A loss split into data and regularization parts (numpy floats)."""
+
+    total: float
+    data: float
+    regularization: float
+
+
+class GradientResult(NamedTuple):
+    """Loss parts and the gradient of one part for every trainable variable.
+
+    Attributes:
+        loss: The `LossParts` at the current variable values.
+        gradients: One numpy array per `model.trainable_variables` entry, in
+            that order; `None` where the backend reports no gradient (the
+            loss does not depend on the variable: TensorFlow and PyTorch).
+        part: Which part was differentiated: `"total"`, `"data"` or
+            `"regularization"`.
+    """
+
+    loss: LossParts
+    gradients: list
+    part: str
+
+
+class LayerTrace(NamedTuple):
+    """One layer's output on a batch and the loss gradient with respect to it.
+
+    Attributes:
+        layer: The Keras layer.
+        name: The layer's path (e.g. `"sequential/dense_1"`), unique in the model.
+        output: The layer's output, shape `(batch, ...)` (or sampled, see
+            `feature_indices`).
+        output_gradient: d(loss)/d(output), same shape as `output`, or `None`
+            when the loss does not depend on the output.
+        feature_indices: `None` when `output` is complete; otherwise the flat
+            indices of the per-example features that were kept (the output was
+            too large and was sampled), and `output` is `(batch, k)`.
+    """
+
+    layer: object
+    name: str
+    output: np.ndarray
+    output_gradient: np.ndarray | None
+    feature_indices: np.ndarray | None
+
+
+def check_model_ready(model) -> None:
+    """Raises a clear error unless `model` is a built, compiled Keras model.
+
+    Raises:
+        TypeError: `model` is not a `keras.Model`.
+        ValueError: the model is not built or not compiled with a loss.
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "Expected a keras.Model (Sequential, Functional or subclassed). "
+            f"Received: model={type(model).__name__}"
+        )
+    if not model.built:
+        raise ValueError(
+            f"Model {model.name!r} is not built: its variables do not exist yet. "
+            "Call it on a batch (`model(x[:1])`) or give it an `Input`, then try "
+            f"again. Received: model.built={model.built}"
+        )
+    has_loss = getattr(model, "_compile_loss", None) is not None
+    if not has_loss and not _overrides_compute_loss(model):
+        raise ValueError(
+            f"Model {model.name!r} has no loss: compile it first, e.g. "
+            "`model.compile(optimizer='adam', loss='sparse_categorical_crossentropy')`."
+            f" Received: model.compiled={getattr(model, 'compiled', False)}"
+        )
+
+
+def _overrides_compute_loss(model) -> bool:
+    return type(model).compute_loss is not keras.Model.compute_loss
+
+
+def convert_batch(data, float_dtype=None):
+    """Converts a (nested) batch to backend tensors.
+
+    Args:
+        data: Array, list/tuple/dict of arrays, or `None`.
+        float_dtype: If given, floating arrays are cast to it (integer labels
+            and token ids stay integers). Defaults to `None` (keep dtypes).
+
+    Returns:
+        The same structure of backend tensors.
+    """
+    if data is None:
+        return None
+
+    def convert(value):
+        array = value
+        if not hasattr(value, "dtype") or isinstance(value, np.ndarray):
+            array = np.asarray(value)
+            if float_dtype is not None and np.issubdtype(array.dtype, np.floating):
+                array = array.astype(float_dtype)
+            return keras.ops.convert_to_tensor(array)
+        tensor = keras.ops.convert_to_tensor(value)
+        if float_dtype is not None and keras.backend.is_float_dtype(tensor.dtype):
+            tensor = keras.ops.cast(tensor, float_dtype)
+        return tensor
+
+    return keras.tree.map_structure(convert, data)
+
+
+def _call_kwargs(model, training):
+    if getattr(model, "_call_has_training_arg", False):
+        return {"training": training}
+    return {}
+
+
+def _variable_values(variables):
+    return [v.value for v in variables]
+
+
+def _ensure_compile_loss_built(model, x, y, training):
+    compile_loss = getattr(model, "_compile_loss", None)
+    if compile_loss is None or compile_loss.built:
+        return
+    y_pred, _ = model.stateless_call(
+        _variable_values(model.trainable_variables),
+        _variable_values(model.non_trainable_variables),
+        x,
+        **_call_kwargs(model, training),
+    )
+    compile_loss.build(y, y_pred)
+
+
+def make_loss_function(model, x, y, sample_weight=None, part="total", training=False):
+    """Builds `fn(trainable_values) -> (loss_part, aux)` for differentiation.
+
+    Args:
+        model: A built, compiled Keras model.
+        x, y, sample_weight: The batch, already converted with `convert_batch`.
+        part: Which loss `fn` returns: `"total"`, `"data"` or
+            `"regularization"`. Defaults to `"total"`.
+        training: Run layers in training mode. Defaults to `False` (dropout off).
+
+    Returns:
+        A function of a list of trainable-variable values that returns the
+        chosen scalar and an aux tuple `(total, data, regularization, y_pred)`.
+    """
+    if part not in PARTS:
+        raise ValueError(f"Expected part in {PARTS}. Received: part={part!r}")
+    _ensure_compile_loss_built(model, x, y, training)
+    non_trainable = _variable_values(model.non_trainable_variables)
+    kwargs = _call_kwargs(model, training)
+    custom_loss = _overrides_compute_loss(model) or model._compile_loss is None
+
+    def loss_fn(trainable_values):
+        y_pred, _, extra_losses = model.stateless_call(
+            trainable_values, non_trainable, x, return_losses=True, **kwargs
+        )
+        mapping = list(zip(model.trainable_variables, trainable_values))
+        mapping += list(zip(model.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping):
+            regularization = None
+            for loss in extra_losses:
+                term = model._aggregate_additional_loss(loss)
+                regularization = (
+                    term if regularization is None else regularization + term
+                )
+            if custom_loss:
+                model._losses_override = list(extra_losses)
+                try:
+                    total = model._compute_loss(
+                        x, y, y_pred, sample_weight=sample_weight, training=training
+                    )
+                finally:
+                    model._losses_override = []
+                if regularization is None:
+                    regularization = keras.ops.zeros((), dtype=total.dtype)
+                data = total - regularization
+            else:
+                data = model._compile_loss(y, y_pred, sample_weight)
+                if regularization is None:
+                    regularization = keras.ops.zeros((), dtype=data.dtype)
+                regularization = keras.ops.cast(regularization, data.dtype)
+                total = data + regularization
+        chosen = {"total": total, "data": data, "regularization": regularization}[part]
+        return chosen, (total, data, regularization, y_pred)
+
+    return loss_fn
+
+
+def _loss_parts_from_aux(aux) -> LossParts:
+    to_numpy = get_backend().to_numpy
+    total, data, regularization, _ = aux
+    return LossParts(
+        float(to_numpy(total)), float(to_numpy(data)), float(to_numpy(regularization))
+    )
+
+
+def compute_loss_parts(
+    model, x, y, sample_weight=None, overrides=None, training=False
+) -> LossParts:
+    """Evaluates the loss (data and regularization parts) without gradients.
+
+    Args:
+        model: A built, compiled Keras model.
+        x, y, sample_weight: The batch (converted with `convert_batch`).
+        overrides: Optional `{index: value}` replacing the values of some
+            `model.trainable_variables` (by index) for this evaluation only,
+            e.g. a perturbed copy for finite differences. Values may be numpy
+            arrays; they are cast to the variable's dtype. Defaults to `None`.
+        training: Defaults to `False` (inference mode).
+
+    Returns:
+        `LossParts` of numpy floats.
+
+    Example:
+
+    >>> parts = compute_loss_parts(model, *convert_batch((x, y)))  # doctest: +SKIP
+    >>> parts.total == parts.data + parts.regularization  # doctest: +SKIP
+    """
+    values = trainable_values_with(model, overrides)
+    loss_fn = make_loss_function(model, x, y, sample_weight, "total", training)
+    _, aux = loss_fn(values)
+    return _loss_parts_from_aux(aux)
+
+
+def trainable_values_with(model, overrides=None) -> list:
+    """The trainable variables' current values, some replaced by `overrides`."""
+    values = _variable_values(model.trainable_variables)
+    for index, value in (overrides or {}).items():
+        variable = model.trainable_variables[index]
+        values[index] = keras.ops.convert_to_tensor(
+            np.asarray(value).astype(keras.backend.standardize_dtype(variable.dtype))
+        )
+    return values
+
+
+def compute_gradients(
+    model, x, y, sample_weight=None, part="total", training=False, overrides=None
+) -> GradientResult:
+    """Loss parts and the backprop gradient of one part for every trainable variable.
+
+    Args:
+        model: A built, compiled Keras model.
+        x, y, sample_weight: The batch (converted with `convert_batch`).
+        part: `"total"`, `"data"` or `"regularization"`. Defaults to `"total"`.
+        training: Defaults to `False` (inference mode: dropout off).
+        overrides: As in `compute_loss_parts`. Defaults to `None`.
+
+    Returns:
+        A `GradientResult`; `gradients[i]` belongs to
+        `model.trainable_variables[i]`.
+
+    Example:
+
+    >>> xb, yb = convert_batch(x), convert_batch(y)  # doctest: +SKIP
+    >>> result = compute_gradients(model, xb, yb, part="data")  # doctest: +SKIP
+    >>> len(result.gradients) == len(model.trainable_variables)  # doctest: +SKIP
+    True
+    """
+    backend = get_backend()
+    loss_fn = make_loss_function(model, x, y, sample_weight, part, training)
+    values = trainable_values_with(model, overrides)
+    _, aux, grads = backend.value_and_grad(loss_fn, values)
+    return GradientResult(_loss_parts_from_aux(aux), grads, part)
+
+
+def leaf_layers(model) -> list:
+    """Every layer reached from `model` that has no sublayers, in model order.
+
+    Nested models and layers that hold layers are walked into; `InputLayer`s
+    are skipped.
+    """
+    leaves = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if layer._flatten_layers(include_self=False, recursive=False):
+            continue
+        leaves.append(layer)
+    return leaves
+
+
+def _layer_name(layer) -> str:
+    return getattr(layer, "path", None) or layer.name
+
+
+def _first_float_index(flat_outputs):
+    for i, tensor in enumerate(flat_outputs):
+        if hasattr(tensor, "dtype") and keras.backend.is_float_dtype(
+            keras.backend.standardize_dtype(tensor.dtype)
+        ):
+            if len(tensor.shape) >= 1:
+                return i
+    return None
+
+
+class _LayerCapture:
+    """Patches layers' `call` to record outputs and add a zero probe tensor.
+
+    Adding a zero tensor `probe` to a layer's output leaves the forward pass
+    unchanged, and d(loss)/d(probe) equals d(loss)/d(output): so one backward
+    pass yields the gradient with respect to every layer's output, on any
+    backend and any model type (Sequential, Functional, subclassed).
+    """
+
+    def __init__(self, layers):
+        self.layers = layers
+        self.probes = {}
+        self.outputs = {}
+
+    def __enter__(self):
+        for layer in self.layers:
+            original = layer.call
+            layer.__dict__["call"] = self._wrap(layer, original)
+        return self
+
+    def __exit__(self, *exc):
+        for layer in self.layers:
+            layer.__dict__.pop("call", None)
+        return False
+
+    def _wrap(self, layer, original):
+        key = id(layer)
+
+        def call(*args, **kwargs):
+            outputs = original(*args, **kwargs)
+            if key in self.outputs:  # shared layer: record its first call only
+                return outputs
+            flat = keras.tree.flatten(outputs)
+            index = _first_float_index(flat)
+            if index is None:
+                return outputs
+            tensor = flat[index]
+            probe = self.probes.get(key)
+            if probe is not None:
+                tensor = tensor + keras.ops.cast(probe, tensor.dtype)
+                flat = list(flat)
+                flat[index] = tensor
+                outputs = keras.tree.pack_sequence_as(outputs, flat)
+            self.outputs[key] = tensor
+            return outputs
+
+        return call
+
+
+def layer_outputs_and_gradients(
+    model,
+    x,
+    y,
+    sample_weight=None,
+    layers=None,
+    max_features=65536,
+    training=False,
+    seed=0,
+) -> list[LayerTrace]:
+    """Every layer's output on a batch and the gradient of the loss w.r.t. it.
+
+    Works for Sequential, Functional (several inputs and outputs) and
+    subclassed models, nested models included: layers are intercepted at call
+    time, not read from a graph.
+
+    Args:
+        model: A built, compiled Keras model.
+        x, y, sample_weight: The batch (converted with `convert_batch`).
+        layers: Layers to capture. Defaults to `leaf_layers(model)`.
+        max_features: Per-example features kept per layer; a larger output is
+            sampled (the same feature positions for every example, so a unit
+            that is zero for every example stays visible). Defaults to 65536.
+        training: Defaults to `False` (inference mode).
+        seed: Seed of the feature sampling. Defaults to 0.
+
+    Returns:
+        One `LayerTrace` per captured layer that produced a float output, in
+        model order. A layer that was not called in the forward pass is absent.
+
+    Example:
+
+    >>> traces = layer_outputs_and_gradients(model, xb, yb)  # doctest: +SKIP
+    >>> [t.name for t in traces]  # doctest: +SKIP
+    ['sequential/dense', 'sequential/dense_1']
+    """
+    backend = get_backend()
+    layers = leaf_layers(model) if layers is None else list(layers)
+    loss_fn = make_loss_function(model, x, y, sample_weight, "total", training)
+    values = _variable_values(model.trainable_variables)
+
+    with _LayerCapture(layers) as capture:
+        loss_fn(values)  # first pass: which layers run, and their output shapes
+        shapes = {key: tuple(t.shape) for key, t in capture.outputs.items()}
+        order = list(capture.outputs)
+        capture.outputs = {}
+        dtypes = {}
+        probes = []
+        for key in order:
+            probe = keras.ops.zeros(shapes[key], dtype=keras.backend.floatx())
+            dtypes[key] = probe.dtype
+            probes.append(probe)
+        n_values = len(values)
+
+        def fn(args):
+            capture.probes = dict(zip(order, args[n_values:]))
+            loss, _ = loss_fn(args[:n_values])
+            return loss, [capture.outputs[key] for key in order]
+
+        _, outputs, grads = backend.value_and_grad(fn, values + probes)
+        capture.probes = {}
+
+    by_id = {id(layer): layer for layer in layers}
+    rng = np.random.default_rng(seed)
+    traces = []
+    for key, output, grad in zip(order, outputs, grads[n_values:]):
+        output = backend.to_numpy(output)
+        batch = output.shape[0]
+        flat_output = output.reshape(batch, -1)
+        indices = None
+        if flat_output.shape[1] > max_features:
+            indices = np.sort(
+                rng.choice(flat_output.shape[1], size=max_features, replace=False)
+            )
+            output = flat_output[:, indices]
+            if grad is not None:
+                grad = grad.reshape(batch, -1)[:, indices]
+        layer = by_id[key]
+        traces.append(LayerTrace(layer, _layer_name(layer), output, grad, indices))
+    return traces
