@@ -1,0 +1,299 @@
+"""What every trainwatch callback shares: the run context and the `Monitor` base.
+
+A `RunContext` holds what the monitors of one training run share: the log
+directory and its TensorBoard writers (one per run, `train` and `validation`,
+the layout of Keras's own TensorBoard callback), the findings, the global step
+and the time spent in trainwatch. `TrainWatch` makes one and hands it to all
+its parts; a monitor used on its own makes its own.
+
+`Monitor` is the base of the callbacks. It keeps the global step (so a second
+`fit` call or a resumed run continues where the last one stopped), isolates
+failures (a monitor that raises becomes a `monitor_failed` finding, never a
+crashed training run) and flushes what was written at every epoch end, at train
+end and when the interpreter exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import sys
+import time
+import traceback
+import warnings
+import weakref
+
+import keras
+
+from trainwatch.findings import FINDINGS_FILENAME, Finding, FindingLog
+
+_MAX_FAILURES = 3
+_open_contexts: weakref.WeakSet = weakref.WeakSet()
+
+
+def _flush_all_at_exit():
+    for context in list(_open_contexts):
+        with contextlib.suppress(Exception):
+            context.flush()
+
+
+atexit.register(_flush_all_at_exit)
+
+
+def validate_log_dir(log_dir):
+    """Checks that `log_dir` is `None` or a directory we can create and write.
+
+    Raises:
+        TypeError: `log_dir` is not a string or path.
+        ValueError: the directory cannot be created or written.
+    """
+    if log_dir is None:
+        return None
+    if not isinstance(log_dir, (str, os.PathLike)):
+        raise TypeError(
+            "Expected `log_dir` to be a str or os.PathLike. "
+            f"Received: log_dir={log_dir!r}"
+        )
+    log_dir = os.fspath(log_dir)
+    if not log_dir:
+        raise ValueError("Expected a non-empty `log_dir`. Received: log_dir=''")
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        probe = os.path.join(log_dir, f".trainwatch_write_test_{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError(
+            f"Cannot write TensorBoard logs to {log_dir!r} ({error.strerror or error})."
+            " Choose a directory you can write to. "
+            f"Received: log_dir={log_dir!r}"
+        ) from error
+    return log_dir
+
+
+class RunContext:
+    """State shared by the monitors of one training run.
+
+    Args:
+        log_dir: Directory for TensorBoard event files and the findings file,
+            or `None` to log nothing (findings are still collected and printed).
+        verbose: 0 silent, 1 print each new warning or error finding once.
+            Defaults to 1.
+
+    Example:
+
+    >>> context = RunContext(None, verbose=0)
+    >>> context.writer("train") is None
+    True
+    """
+
+    def __init__(self, log_dir=None, verbose=1):
+        self.log_dir = validate_log_dir(log_dir)
+        self.verbose = verbose
+        path = os.path.join(self.log_dir, FINDINGS_FILENAME) if self.log_dir else None
+        self.findings = FindingLog(path)
+        self._writers = {}
+        self.step = 0  # global training step: batches seen in all fit calls
+        self.epoch = 0
+        self.seconds_in_trainwatch = 0.0
+        self.seconds_by_part: dict[str, float] = {}
+        _open_contexts.add(self)
+
+    def writer(self, run="train"):
+        """The TensorBoard writer of a run (`"train"`, `"validation"`), or `None`.
+
+        Writers are created on first use, so no empty event files appear.
+        """
+        if self.log_dir is None:
+            return None
+        if run not in self._writers:
+            from trainwatch.tensorboard import SummaryWriter
+
+            self._writers[run] = SummaryWriter(os.path.join(self.log_dir, run))
+        return self._writers[run]
+
+    def report(self, finding: Finding) -> bool:
+        """Records a finding; prints and logs it as text the first time.
+
+        Returns:
+            `True` if the finding was new.
+        """
+        is_new = self.findings.add(finding)
+        if not is_new:
+            return False
+        if self.verbose and finding.severity in ("error", "warning"):
+            print(f"[trainwatch] {finding}", file=sys.stderr)
+        writer = self.writer("train")
+        if writer is not None:
+            writer.text(
+                "trainwatch/findings", findings_markdown(self.findings), self.step
+            )
+            writer.flush()
+        return True
+
+    @contextlib.contextmanager
+    def timed(self, part: str):
+        """Adds the block's wall time to `seconds_in_trainwatch` and to `part`."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self.seconds_in_trainwatch += elapsed
+            self.seconds_by_part[part] = self.seconds_by_part.get(part, 0.0) + elapsed
+
+    def flush(self):
+        """Makes everything written so far readable on disk."""
+        for writer in self._writers.values():
+            writer.flush()
+
+    def close(self):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+
+def findings_markdown(findings) -> str:
+    """The findings as a markdown table for TensorBoard's Text tab."""
+    rows = [
+        "| severity | code | step | where | message | advice |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for f in findings:
+        cells = [f.severity, f.code, "" if f.step is None else str(f.step)]
+        cells += [f.where or "", f.message, f.advice]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    if len(rows) == 2:
+        rows.append("| info | | | | No findings yet. | |")
+    return "\n".join(rows)
+
+
+class Monitor(keras.callbacks.Callback):
+    """Base of trainwatch callbacks: shared context, step keeping, isolation.
+
+    Subclasses implement any of `begin()`, `epoch_end(epoch, logs)`, `end()`
+    (and a batch hook if they must), run their work through `self.guard(...)`
+    and report findings with `self.report(...)`.
+
+    Args:
+        log_dir: Where to write TensorBoard logs, or `None` for no logs.
+            Defaults to `None`.
+        verbose: 0 silent, 1 print new findings. Defaults to 1.
+    """
+
+    def __init__(self, log_dir=None, verbose=1):
+        super().__init__()
+        self._log_dir = log_dir
+        self._verbose = verbose
+        self._context = None
+        self._owns_context = True
+        self._failures = 0
+        self.disabled = False
+
+    # -- context ---------------------------------------------------------
+    @property
+    def context(self) -> RunContext:
+        if self._context is None:
+            self._context = RunContext(self._log_dir, self._verbose)
+        return self._context
+
+    def bind(self, context: RunContext):
+        """Shares `context` (used by `TrainWatch` to give all parts one log)."""
+        self._context = context
+        self._owns_context = False
+        return self
+
+    def report(self, code, severity, message, advice, where=None) -> bool:
+        """Reports a finding at the current step and epoch."""
+        finding = Finding(
+            code=code,
+            severity=severity,
+            message=message,
+            advice=advice,
+            step=self.context.step,
+            epoch=self.context.epoch,
+            where=where,
+        )
+        return self.context.report(finding)
+
+    def guard(self, part, fn, *args, **kwargs):
+        """Runs `fn`, timing it; an exception becomes a finding, not a crash.
+
+        After repeated failures the monitor disables itself.
+        """
+        if self.disabled:
+            return None
+        try:
+            with self.context.timed(part):
+                return fn(*args, **kwargs)
+        except Exception as error:  # diagnostics must never stop training
+            self._failures += 1
+            summary = "".join(traceback.format_exception_only(type(error), error))
+            if self._failures >= _MAX_FAILURES:
+                self.disabled = True
+            warnings.warn(
+                f"trainwatch {type(self).__name__} failed in {part}: {summary.strip()}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self.report(
+                "monitor_failed",
+                "warning",
+                f"{type(self).__name__} failed during {part}: {summary.strip()}"
+                + (" It was switched off." if self.disabled else ""),
+                "This is a trainwatch problem, not a training problem; please "
+                "report it with the model summary. Training continues.",
+                where=type(self).__name__,
+            )
+            return None
+
+    # -- step keeping (only the owner of the context moves the step) --------
+    def on_train_begin(self, logs=None):
+        if self._owns_context:
+            optimizer = getattr(self._model, "optimizer", None)
+            iterations = getattr(optimizer, "iterations", None)
+            if iterations is not None:
+                with contextlib.suppress(Exception):
+                    self.context.step = max(self.context.step, int(iterations.numpy()))
+        self.guard("train_begin", self.begin)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._owns_context:
+            self.context.epoch = epoch
+            self._epoch_start_step = self.context.step
+        self.guard("epoch_begin", self.epoch_begin, epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._owns_context:
+            steps = (self.params or {}).get("steps")
+            start = getattr(self, "_epoch_start_step", self.context.step)
+            if steps and self.context.step < start + steps:
+                self.context.step = start + steps
+        self.guard("epoch_end", self.epoch_end, epoch, dict(logs or {}))
+        self.context.flush()
+
+    def on_train_end(self, logs=None):
+        self.guard("train_end", self.end, dict(logs or {}))
+        self.context.flush()
+
+    def step_for_batch(self, batch) -> int:
+        """Global step after training batch `batch` (0-based within the epoch)."""
+        if self._owns_context:
+            start = getattr(self, "_epoch_start_step", 0)
+            self.context.step = start + int(batch) + 1
+        return self.context.step
+
+    # -- hooks for subclasses ----------------------------------------------
+    def begin(self):
+        """Called at train begin (guarded)."""
+
+    def epoch_begin(self, epoch):
+        """Called at epoch begin (guarded)."""
+
+    def epoch_end(self, epoch, logs):
+        """Called at epoch end with a copy of Keras's logs (guarded)."""
+
+    def end(self, logs):
+        """Called at train end (guarded)."""

@@ -1,0 +1,1 @@
+"""Pure numerical code (numpy only, no Keras): testable without a framework."""

@@ -1,0 +1,1 @@
+"""Rules: pure functions (numpy only) that turn measurements into findings."""
