@@ -1,0 +1,53 @@
+"""`import trainwatch` imports only the active backend's framework.
+
+Keras itself may import JAX whatever the backend (its Orbax checkpoint callback
+does when JAX is installed), so the test checks what trainwatch adds on top of
+`import keras`: nothing but the active framework.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+
+FRAMEWORKS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+
+SCRIPT = """
+import json, sys
+names = ("tensorflow", "jax", "torch")
+import keras
+before = {m for m in names if m in sys.modules}
+import trainwatch
+import trainwatch.callbacks
+from trainwatch.backends import get_backend
+get_backend()
+after = {m for m in names if m in sys.modules}
+print(json.dumps({"added": sorted(after - before), "present": sorted(after)}))
+"""
+
+
+def test_only_the_active_framework_is_imported():
+    backend = keras.backend.backend()
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(imported["added"]) <= {FRAMEWORKS[backend]}
+    assert FRAMEWORKS[backend] in imported["present"]
+
+
+def test_unsupported_backend_is_a_clear_error(monkeypatch):
+    from trainwatch import backends
+
+    monkeypatch.setattr(backends, "active_backend_name", lambda: "numpy")
+    with pytest.raises(NotImplementedError, match="KERAS_BACKEND"):
+        backends.get_backend()
