@@ -65,7 +65,8 @@ def image_grid(images, ncols=None, border=1, border_value=0):
     border = _positive_int(border, "border", minimum=0)
     if not 0 <= border_value <= 255:
         raise ValueError(
-            f"`border_value` must be within 0..255. Received: border_value={border_value}"
+            "`border_value` must be within 0..255. "
+            f"Received: border_value={border_value!r}"
         )
     nrows = math.ceil(count / ncols)
     ncols = min(ncols, count)

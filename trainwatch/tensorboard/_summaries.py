@@ -1,0 +1,185 @@
+"""Pure builders of TensorBoard `Summary` protos, with numpy and no TensorFlow.
+
+This is the one module that touches tensorboard's semi-internal summary API:
+the `summary_v2` `*_pb` builders and the plugins' metadata helpers, none of
+which import TensorFlow (tensorboard 2.16 to 2.21). Only the summaries'
+formats matter to TensorBoard; they match what `tf.summary` writes.
+"""
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from tensorboard.compat.proto import (
+    summary_pb2,
+    tensor_pb2,
+    tensor_shape_pb2,
+    types_pb2,
+)
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
+from tensorboard.plugins.histogram import metadata as histogram_metadata
+from tensorboard.plugins.image import metadata as image_metadata
+from tensorboard.plugins.scalar.summary_v2 import scalar_pb
+from tensorboard.plugins.text.summary_v2 import text_pb
+from tensorboard.util import tensor_util
+
+__all__ = [
+    "custom_scalars_summary",
+    "histogram_summary",
+    "image_summary",
+    "layout_proto",
+    "scalar_summary",
+    "text_summary",
+]
+
+
+def scalar_summary(tag, value):
+    """A scalars-plugin summary of one number, stored as float32 like `tf.summary`."""
+    with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf
+        return scalar_pb(tag, value)
+
+
+def histogram_summary(tag, values, buckets, description=None):
+    """A histograms-plugin summary of the finite `values`.
+
+    Same format as `histogram_pb` (a `(buckets, 3)` float64 tensor of left edge,
+    right edge, count; all-zero when empty; constant data all in the last
+    bucket), computed with `np.bincount` in O(N) memory instead of its
+    O(N * buckets) one-hot matrix.
+
+    Returns:
+        `(summary, dropped)`: the `Summary` and the number of NaN/inf values
+        left out.
+    """
+    data = np.asarray(values, dtype=np.float64).ravel()
+    finite = np.isfinite(data)
+    dropped = int(data.size - np.count_nonzero(finite))
+    if dropped:
+        data = data[finite]
+    table = np.zeros((buckets, 3), dtype=np.float64)
+    if data.size:
+        low, high = data.min(), data.max()
+        with np.errstate(over="ignore", invalid="ignore"):
+            width = (high - low) / buckets
+        if width > 0 and np.isfinite(width):
+            indices = np.floor((data - low) / width).astype(np.int64)
+            np.clip(indices, 0, buckets - 1, out=indices)
+            edges = np.linspace(low, high, buckets + 1)
+            table[:, 0], table[:, 1] = edges[:-1], edges[1:]
+            table[:, 2] = np.bincount(indices, minlength=buckets)
+        elif width > 0:  # The range overflows float64: split it in halves.
+            edges = np.linspace(low / 2, high / 2, buckets + 1) * 2
+            indices = np.searchsorted(edges[1:-1], data, side="right")
+            table[:, 0], table[:, 1] = edges[:-1], edges[1:]
+            table[:, 2] = np.bincount(indices, minlength=buckets)
+        else:
+            table[:, :2] = low
+            table[-1, 2] = data.size
+    summary = summary_pb2.Summary()
+    summary.value.add(
+        tag=tag,
+        metadata=histogram_metadata.create_summary_metadata(
+            display_name=None, description=description
+        ),
+        tensor=tensor_util.make_tensor_proto(table, dtype=np.float64),
+    )
+    return summary, dropped
+
+
+def image_summary(tag, png, width, height, description=None):
+    """An images-plugin summary of one PNG: the string tensor `[w, h, png]`."""
+    tensor = _string_tensor([str(width).encode(), str(height).encode(), png], [3])
+    summary = summary_pb2.Summary()
+    summary.value.add(
+        tag=tag,
+        metadata=image_metadata.create_summary_metadata(
+            display_name=None, description=description
+        ),
+        tensor=tensor,
+    )
+    return summary
+
+
+def text_summary(tag, markdown):
+    """A text-plugin summary: one markdown string."""
+    return text_pb(tag, markdown)
+
+
+def custom_scalars_summary(layout):
+    """The custom-scalars plugin's layout summary, as `custom_scalar.summary.pb`."""
+    summary = summary_pb2.Summary()
+    summary.value.add(
+        tag=custom_scalar_metadata.CONFIG_SUMMARY_TAG,
+        metadata=custom_scalar_metadata.create_summary_metadata(),
+        tensor=_string_tensor([layout_proto(layout).SerializeToString()], []),
+    )
+    return summary
+
+
+def layout_proto(layout):
+    """Builds a custom-scalars `Layout` proto from nested mappings.
+
+    Args:
+        layout: `{category: {chart title: chart}}` where a chart is a tag regex
+            string or a sequence of them (a multi-line chart), or
+            `{"margin": [(value_tag, lower_tag, upper_tag), ...]}` (a line with
+            a shaded band). A `layout_pb2.Layout` is returned as it is.
+
+    Raises:
+        TypeError: If `layout` or one of its charts has another structure.
+    """
+    if isinstance(layout, layout_pb2.Layout):
+        return layout
+    if not isinstance(layout, Mapping) or not layout:
+        raise TypeError(
+            "`layout` must be a non-empty mapping {category: {chart title: chart}} "
+            f"or a layout_pb2.Layout. Received: layout={layout!r}"
+        )
+    proto = layout_pb2.Layout()
+    for category_title, charts in layout.items():
+        if not isinstance(charts, Mapping):
+            raise TypeError(
+                f"`layout[{category_title!r}]` must map chart titles to charts. "
+                f"Received: layout[{category_title!r}]={charts!r}"
+            )
+        category = proto.category.add(title=str(category_title))
+        for chart_title, content in charts.items():
+            chart = category.chart.add(title=str(chart_title))
+            where = f"layout[{category_title!r}][{chart_title!r}]"
+            if isinstance(content, str):
+                chart.multiline.tag.append(content)
+            elif isinstance(content, Mapping) and set(content) == {"margin"}:
+                for series in content["margin"]:
+                    if (
+                        isinstance(series, str)
+                        or not isinstance(series, Sequence)
+                        or len(series) != 3
+                    ):
+                        raise TypeError(
+                            f"Each margin series of `{where}` must be a "
+                            "(value_tag, lower_tag, upper_tag) triple. "
+                            f"Received: {where}={content!r}"
+                        )
+                    value, lower, upper = (str(tag) for tag in series)
+                    chart.margin.series.add(value=value, lower=lower, upper=upper)
+            elif isinstance(content, Sequence) and all(
+                isinstance(tag, str) for tag in content
+            ):
+                chart.multiline.tag.extend(content)
+            else:
+                raise TypeError(
+                    f"`{where}` must be a tag regex, a list of them, or "
+                    "{'margin': [(value, lower, upper), ...]}. "
+                    f"Received: {where}={content!r}"
+                )
+    return proto
+
+
+def _string_tensor(values, shape):
+    return tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in shape]
+        ),
+        string_val=values,
+    )
