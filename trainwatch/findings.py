@@ -36,6 +36,7 @@ CODES = (
     "overfitting",
     "underfitting",
     "inputs_not_normalized",
+    "inputs_constant",
     "init_scale_unusual",
     "loss_noisy",
     "monitor_failed",
