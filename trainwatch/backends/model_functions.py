@@ -67,6 +67,8 @@ class LayerTrace(NamedTuple):
         feature_indices: `None` when `output` is complete; otherwise the flat
             indices of the per-example features that were kept (the output was
             too large and was sampled), and `output` is `(batch, k)`.
+        feature_shape: The per-example shape of the full output (e.g.
+            `(28, 28, 32)`), so that `feature_indices` can be unravelled.
     """
 
     layer: object
@@ -74,6 +76,7 @@ class LayerTrace(NamedTuple):
     output: np.ndarray
     output_gradient: np.ndarray | None
     feature_indices: np.ndarray | None
+    feature_shape: tuple | None = None
 
 
 def check_model_ready(model) -> None:
@@ -330,11 +333,17 @@ class _LayerCapture:
     unchanged, and d(loss)/d(probe) equals d(loss)/d(output): so one backward
     pass yields the gradient with respect to every layer's output, on any
     backend and any model type (Sequential, Functional, subclassed).
+
+    A layer whose output is sampled gets a probe of the sampled shape
+    `(batch, k)`, spread onto the output by a gather (`inverse[j]` is the probe
+    column of feature `j`, or the extra zero column `k` for a feature not
+    kept): its gradient is then only the kept features, on the device.
     """
 
     def __init__(self, layers):
         self.layers = layers
         self.probes = {}
+        self.inverses = {}
         self.outputs = {}
 
     def __enter__(self):
@@ -362,7 +371,14 @@ class _LayerCapture:
             tensor = flat[index]
             probe = self.probes.get(key)
             if probe is not None:
-                tensor = tensor + keras.ops.cast(probe, tensor.dtype)
+                probe = keras.ops.cast(probe, tensor.dtype)
+                inverse = self.inverses.get(key)
+                if inverse is not None:
+                    zero = keras.ops.zeros_like(probe[:, :1])
+                    padded = keras.ops.concatenate([probe, zero], axis=1)
+                    spread = keras.ops.take(padded, inverse, axis=1)
+                    probe = keras.ops.reshape(spread, keras.ops.shape(tensor))
+                tensor = tensor + probe
                 flat = list(flat)
                 flat[index] = tensor
                 outputs = keras.tree.pack_sequence_as(outputs, flat)
@@ -370,6 +386,24 @@ class _LayerCapture:
             return outputs
 
         return call
+
+
+def _sample_features(feature_shape, max_features, rng):
+    """Sorted flat feature indices to keep, or `None` to keep them all.
+
+    Whole rows of the last axis (all channels of a position) are kept when
+    they fit, so that per-channel statistics see every channel.
+    """
+    size = int(np.prod(feature_shape, dtype=np.int64))
+    if size <= max_features:
+        return None
+    channels = int(feature_shape[-1]) if feature_shape else 1
+    if 0 < channels <= max_features:
+        positions = np.sort(
+            rng.choice(size // channels, size=max_features // channels, replace=False)
+        )
+        return (positions[:, None] * channels + np.arange(channels)).ravel()
+    return np.sort(rng.choice(size, size=max_features, replace=False))
 
 
 def layer_outputs_and_gradients(
@@ -381,7 +415,8 @@ def layer_outputs_and_gradients(
     max_features=65536,
     training=False,
     seed=0,
-) -> list[LayerTrace]:
+    return_weight_gradients=False,
+):
     """Every layer's output on a batch and the gradient of the loss w.r.t. it.
 
     Works for Sequential, Functional (several inputs and outputs) and
@@ -393,14 +428,21 @@ def layer_outputs_and_gradients(
         x, y, sample_weight: The batch (converted with `convert_batch`).
         layers: Layers to capture. Defaults to `leaf_layers(model)`.
         max_features: Per-example features kept per layer; a larger output is
-            sampled (the same feature positions for every example, so a unit
-            that is zero for every example stays visible). Defaults to 65536.
+            sampled on the device, before the copy to the host (the same
+            feature positions for every example, so a unit that is zero for
+            every example stays visible; all channels of a sampled position are
+            kept when they fit). Defaults to 65536.
         training: Defaults to `False` (inference mode).
         seed: Seed of the feature sampling. Defaults to 0.
+        return_weight_gradients: Also return the gradient of the total loss
+            for every trainable variable, from the same backward pass.
+            Defaults to `False`.
 
     Returns:
         One `LayerTrace` per captured layer that produced a float output, in
-        model order. A layer that was not called in the forward pass is absent.
+        call order. A layer that was not called in the forward pass is absent.
+        With `return_weight_gradients=True`, a tuple `(traces,
+        GradientResult)` (`part="total"`).
 
     Example:
 
@@ -413,42 +455,60 @@ def layer_outputs_and_gradients(
     loss_fn = make_loss_function(model, x, y, sample_weight, "total", training)
     values = _variable_values(model.trainable_variables)
 
+    rng = np.random.default_rng(seed)
     with _LayerCapture(layers) as capture:
         loss_fn(values)  # first pass: which layers run, and their output shapes
         shapes = {key: tuple(t.shape) for key, t in capture.outputs.items()}
         order = list(capture.outputs)
         capture.outputs = {}
-        dtypes = {}
-        probes = []
+        probes, indices, gathers = [], {}, {}
         for key in order:
-            probe = keras.ops.zeros(shapes[key], dtype=keras.backend.floatx())
-            dtypes[key] = probe.dtype
-            probes.append(probe)
+            batch, feature_shape = shapes[key][0], shapes[key][1:]
+            kept = _sample_features(feature_shape, max_features, rng)
+            indices[key] = kept
+            if kept is None:
+                shape = shapes[key]
+            else:
+                shape = (batch, len(kept))
+                size = int(np.prod(feature_shape, dtype=np.int64))
+                inverse = np.full(size, len(kept), dtype="int32")
+                inverse[kept] = np.arange(len(kept), dtype="int32")
+                capture.inverses[key] = keras.ops.convert_to_tensor(inverse)
+                gathers[key] = keras.ops.convert_to_tensor(kept.astype("int32"))
+            probes.append(keras.ops.zeros(shape, dtype=keras.backend.floatx()))
         n_values = len(values)
 
         def fn(args):
             capture.probes = dict(zip(order, args[n_values:]))
-            loss, _ = loss_fn(args[:n_values])
-            return loss, [capture.outputs[key] for key in order]
+            loss, aux = loss_fn(args[:n_values])
+            outputs = []
+            for key in order:
+                output = capture.outputs[key]
+                if key in gathers:
+                    output = keras.ops.reshape(output, (shapes[key][0], -1))
+                    output = keras.ops.take(output, gathers[key], axis=1)
+                outputs.append(output)
+            return loss, (outputs, aux)
 
-        _, outputs, grads = backend.value_and_grad(fn, values + probes)
+        _, (outputs, aux), grads = backend.value_and_grad(fn, values + probes)
         capture.probes = {}
 
     by_id = {id(layer): layer for layer in layers}
-    rng = np.random.default_rng(seed)
     traces = []
     for key, output, grad in zip(order, outputs, grads[n_values:]):
-        output = backend.to_numpy(output)
-        batch = output.shape[0]
-        flat_output = output.reshape(batch, -1)
-        indices = None
-        if flat_output.shape[1] > max_features:
-            indices = np.sort(
-                rng.choice(flat_output.shape[1], size=max_features, replace=False)
-            )
-            output = flat_output[:, indices]
-            if grad is not None:
-                grad = grad.reshape(batch, -1)[:, indices]
         layer = by_id[key]
-        traces.append(LayerTrace(layer, _layer_name(layer), output, grad, indices))
-    return traces
+        traces.append(
+            LayerTrace(
+                layer,
+                _layer_name(layer),
+                backend.to_numpy(output),
+                grad,
+                indices[key],
+                shapes[key][1:],
+            )
+        )
+    if not return_weight_gradients:
+        return traces
+    return traces, GradientResult(
+        _loss_parts_from_aux(aux), list(grads[:n_values]), "total"
+    )
