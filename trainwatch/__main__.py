@@ -1,0 +1,7 @@
+"""`python -m trainwatch report LOGDIR [--json]`."""
+
+import sys
+
+from trainwatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,193 @@
+"""`TrainWatch`: every trainwatch monitor in one callback, at sensible defaults."""
+
+from __future__ import annotations
+
+import importlib
+
+import keras
+
+from trainwatch.callbacks.base import Monitor, RunContext
+
+# option name -> (module, class, keyword that receives the probe batch or None)
+_PARTS = {
+    "sanity_check": ("trainwatch.callbacks.sanity_check", "SanityCheck", "data"),
+    "input_init": ("trainwatch.callbacks.input_init", "InputAndInitChecks", "data"),
+    "loss_curve": ("trainwatch.callbacks.loss_curve", "LossCurve", None),
+    "update_ratio": ("trainwatch.callbacks.update_ratio", "UpdateRatio", None),
+    "distributions": ("trainwatch.callbacks.distributions", "Distributions", "probe"),
+    "images": ("trainwatch.callbacks.first_layer_images", "FirstLayerImages", None),
+    "gradient_check": ("trainwatch.callbacks.gradient_check", "GradientCheck", "data"),
+}
+_NEEDS_PROBE = ("sanity_check", "input_init", "distributions", "gradient_check")
+
+
+def _is_overridden(callback, hook) -> bool:
+    method = getattr(type(callback), hook)
+    return method is not getattr(keras.callbacks.Callback, hook)
+
+
+class TrainWatch(Monitor):
+    """Watches a training run: every trainwatch monitor in one Keras callback.
+
+    Parts, each switched off with `False`, tuned with a dict of its keyword
+    arguments, or on at its defaults with `True`:
+
+    * `sanity_check`: initial loss, regularization, overfitting a tiny subset,
+      at train begin (`SanityCheck`).
+    * `input_init`: input normalization and initialization scale, at train
+      begin (`InputAndInitChecks`).
+    * `loss_curve`: per-batch loss, per-epoch metrics, train/validation gap,
+      loss pathologies (`LossCurve`).
+    * `update_ratio`: update-to-parameter ratio of every weight (`UpdateRatio`).
+    * `distributions`: per-layer activation and gradient histograms, dead and
+      saturated units, vanishing/exploding gradients (`Distributions`).
+    * `images`: first-layer weights as images (`FirstLayerImages`).
+    * `gradient_check`: float64 gradient checks after warm-up (`GradientCheck`).
+
+    The log dir follows the layout of Keras's TensorBoard callback (`train/`,
+    `validation/` runs) so both can be used side by side; findings go to a
+    "trainwatch/findings" text dashboard and to `trainwatch_findings.json`,
+    which `trainwatch report LOGDIR` prints.
+
+    Args:
+        log_dir: Directory for the logs, or `None` to only print findings.
+            Checked at construction (a clear error before any training time is
+            spent). Defaults to `"runs/trainwatch"`.
+        probe: A small fixed batch `(x, y)` (or `(x, y, sample_weight)`) from the
+            training data, used by the checks and probes; 32–256 examples is
+            plenty. Without it, the parts that need it are switched off with a
+            note. Defaults to `None`.
+        verbose: 0 silent, 1 print each new warning or error. Defaults to 1.
+        image_shape: Shape of one input image, for showing Dense first-layer
+            weights over flattened images as pictures (e.g. `(28, 28)`).
+            Defaults to `None` (only Conv2D filters, or inputs that are images).
+        **parts: Per-part settings, see above.
+
+    Example:
+
+    ```python
+    watch = trainwatch.TrainWatch("runs/exp1", probe=(x[:64], y[:64]))
+    model.fit(x, y, validation_data=(x_val, y_val), epochs=20, callbacks=[watch])
+    # then: tensorboard --logdir runs   and   trainwatch report runs/exp1
+    ```
+    """
+
+    def __init__(
+        self,
+        log_dir="runs/trainwatch",
+        probe=None,
+        verbose=1,
+        image_shape=None,
+        **parts,
+    ):
+        super().__init__(log_dir=log_dir, verbose=verbose)
+        unknown = set(parts) - set(_PARTS)
+        if unknown:
+            raise ValueError(
+                f"Unknown TrainWatch part(s) {sorted(unknown)}. Expected any of "
+                f"{sorted(_PARTS)}. Received: {', '.join(sorted(unknown))}"
+            )
+        if probe is not None and not isinstance(probe, (tuple, list)):
+            raise TypeError(
+                "Expected `probe` to be a tuple `(x, y)` of a few training "
+                f"examples. Received: probe={type(probe).__name__}"
+            )
+        self._context = RunContext(log_dir, verbose)
+        self.probe = None if probe is None else tuple(probe)
+        self.image_shape = image_shape
+        self.parts = []
+        self.skipped_parts = {}
+        for name, (module_name, class_name, probe_arg) in _PARTS.items():
+            setting = parts.get(name, True)
+            if setting is False or setting is None:
+                continue
+            kwargs = dict(setting) if isinstance(setting, dict) else {}
+            if name in _NEEDS_PROBE and probe_arg and probe_arg not in kwargs:
+                if self.probe is None:
+                    self.skipped_parts[name] = "no probe batch given"
+                    continue
+                kwargs[probe_arg] = self.probe
+            if name == "images" and image_shape is not None:
+                kwargs.setdefault("image_shape", image_shape)
+            try:
+                cls = getattr(importlib.import_module(module_name), class_name)
+            except (ImportError, AttributeError) as error:
+                self.skipped_parts[name] = f"not available ({error})"
+                continue
+            kwargs.setdefault("verbose", verbose)
+            part = cls(**kwargs)
+            part.bind(self._context)
+            self.parts.append(part)
+        self._batch_end_parts = [
+            p for p in self.parts if _is_overridden(p, "on_train_batch_end")
+        ]
+        self._batch_begin_parts = [
+            p for p in self.parts if _is_overridden(p, "on_train_batch_begin")
+        ]
+        # Keras turns off async dispatch for callbacks with a batch-end hook
+        # unless they are async-safe: be exactly as safe as our parts.
+        self.async_safe = all(
+            getattr(p, "async_safe", False) for p in self._batch_end_parts
+        )
+        if not self._batch_end_parts:
+            # No part needs it: keep Keras's default (no-op) hook so that async
+            # dispatch stays on; the step is then kept at epoch ends.
+            self.on_train_batch_end = (
+                keras.callbacks.Callback.on_train_batch_end.__get__(self)
+            )
+
+    def part(self, name_or_class):
+        """Returns the part of that class (or class name), or `None`."""
+        for p in self.parts:
+            if type(p).__name__ == name_or_class or type(p) is name_or_class:
+                return p
+        return None
+
+    # Keras plumbing: parts see the same model and params.
+    def set_model(self, model):
+        super().set_model(model)
+        for p in self.parts:
+            p.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        for p in self.parts:
+            p.set_params(params)
+
+    def begin(self):
+        for name, reason in self.skipped_parts.items():
+            if self.verbose_level:
+                print(f"[trainwatch] {name} is off: {reason}.")
+        for p in self.parts:
+            p.on_train_begin()
+
+    @property
+    def verbose_level(self):
+        return self._verbose
+
+    def epoch_begin(self, epoch):
+        for p in self.parts:
+            p.on_epoch_begin(epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        for p in self._batch_begin_parts:
+            p.on_train_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step_for_batch(batch)
+        for p in self._batch_end_parts:
+            p.on_train_batch_end(batch, logs)
+
+    def epoch_end(self, epoch, logs):
+        for p in self.parts:
+            p.on_epoch_end(epoch, logs)
+        writer = self.context.writer("train")
+        if writer is not None:
+            seconds = self.context.seconds_in_trainwatch
+            writer.scalar(
+                "trainwatch/seconds_in_trainwatch", seconds, self.context.step
+            )
+
+    def end(self, logs):
+        for p in self.parts:
+            p.on_train_end(logs)
