@@ -89,9 +89,17 @@ class RunContext:
     True
     """
 
-    def __init__(self, log_dir=None, verbose=1):
+    def __init__(self, log_dir=None, verbose=1, budget=0.05):
         self.log_dir = validate_log_dir(log_dir)
         self.verbose = verbose
+        if not (isinstance(budget, (int, float)) and 0 < budget <= 1):
+            raise ValueError(
+                "Expected `budget` (the fraction of training time trainwatch may "
+                f"spend) in (0, 1]. Received: budget={budget!r}"
+            )
+        self.budget = float(budget)
+        self.train_started_at = None
+        self._seconds_before_this_fit = 0.0
         path = os.path.join(self.log_dir, FINDINGS_FILENAME) if self.log_dir else None
         self.findings = FindingLog(path)
         self._writers = {}
@@ -99,6 +107,8 @@ class RunContext:
         self.epoch = 0
         self.seconds_in_trainwatch = 0.0
         self.seconds_by_part: dict[str, float] = {}
+        self._last_cost: dict[str, float] = {}
+        self._timing_depth = 0
         _open_contexts.add(self)
 
     def writer(self, run="train"):
@@ -135,14 +145,62 @@ class RunContext:
 
     @contextlib.contextmanager
     def timed(self, part: str):
-        """Adds the block's wall time to `seconds_in_trainwatch` and to `part`."""
+        """Times the block under `part`; nested blocks are not counted twice.
+
+        Only the outermost block adds to `seconds_in_trainwatch`; every block
+        records its own time in `seconds_by_part` and as the part's last cost
+        (which `can_afford` uses).
+        """
         start = time.perf_counter()
+        self._timing_depth += 1
         try:
             yield
         finally:
+            self._timing_depth -= 1
             elapsed = time.perf_counter() - start
-            self.seconds_in_trainwatch += elapsed
+            if self._timing_depth == 0:
+                self.seconds_in_trainwatch += elapsed
             self.seconds_by_part[part] = self.seconds_by_part.get(part, 0.0) + elapsed
+            self._last_cost[part] = elapsed
+
+    def start_training(self):
+        """Marks the start of a `fit` call (training time accumulates across calls)."""
+        if self.train_started_at is not None:
+            self._seconds_before_this_fit += time.perf_counter() - self.train_started_at
+        self.train_started_at = time.perf_counter()
+
+    def training_seconds(self) -> float:
+        """Wall time spent in `fit` so far (all calls), trainwatch included."""
+        if self.train_started_at is None:
+            return self._seconds_before_this_fit
+        return (
+            self._seconds_before_this_fit + time.perf_counter() - self.train_started_at
+        )
+
+    def overhead_fraction(self) -> float:
+        """Fraction of training wall time spent in trainwatch so far."""
+        total = self.training_seconds()
+        return self.seconds_in_trainwatch / total if total > 0 else 0.0
+
+    def can_afford(self, part: str, min_fraction_of_budget: float = 1.0) -> bool:
+        """Whether running `part` again keeps trainwatch within its time budget.
+
+        A part that has never run can always run (the first probe comes early);
+        after that, it may run when trainwatch's total time plus the part's
+        last cost stays within `budget` of the training time.
+
+        Args:
+            part: The name the part is timed under (see `timed`).
+            min_fraction_of_budget: Scale of the budget for this decision.
+                Defaults to 1.0.
+        """
+        last = self._last_cost.get(part)
+        if last is None:
+            return True
+        spent = self.seconds_in_trainwatch + last
+        return spent <= self.budget * min_fraction_of_budget * (
+            self.training_seconds() + last
+        )
 
     def flush(self):
         """Makes everything written so far readable on disk."""
@@ -252,6 +310,7 @@ class Monitor(keras.callbacks.Callback):
     # -- step keeping (only the owner of the context moves the step) --------
     def on_train_begin(self, logs=None):
         if self._owns_context:
+            self.context.start_training()
             optimizer = getattr(self._model, "optimizer", None)
             iterations = getattr(optimizer, "iterations", None)
             if iterations is not None:
