@@ -61,6 +61,10 @@ class TrainWatch(Monitor):
         image_shape: Shape of one input image, for showing Dense first-layer
             weights over flattened images as pictures (e.g. `(28, 28)`).
             Defaults to `None` (only Conv2D filters, or inputs that are images).
+        budget: Fraction of training time trainwatch may spend; heavy probes
+            (distributions, gradient checks) are spaced out to stay within it,
+            while the first of each still comes early. Its own cost is logged
+            as `trainwatch/overhead`. Defaults to 0.05.
         **parts: Per-part settings, see above.
 
     Example:
@@ -78,6 +82,7 @@ class TrainWatch(Monitor):
         probe=None,
         verbose=1,
         image_shape=None,
+        budget=0.05,
         **parts,
     ):
         super().__init__(log_dir=log_dir, verbose=verbose)
@@ -92,7 +97,7 @@ class TrainWatch(Monitor):
                 "Expected `probe` to be a tuple `(x, y)` of a few training "
                 f"examples. Received: probe={type(probe).__name__}"
             )
-        self._context = RunContext(log_dir, verbose)
+        self._context = RunContext(log_dir, verbose, budget=budget)
         self.probe = None if probe is None else tuple(probe)
         self.image_shape = image_shape
         self.parts = []
