@@ -1,0 +1,405 @@
+"""What the loss of an untrained network should be, and how far off is too far.
+
+Before training, a classifier whose output layer has small weights predicts
+(almost) the uniform distribution, so its cross-entropy is `ln(C)` for `C`
+classes (`ln 2` per output for binary cross-entropy), and a regressor whose
+outputs are near zero has a mean squared error of `mean(y**2)`. A loss far from
+that points at the output bias or scale, a `from_logits` mismatch or a label
+encoding problem.
+
+Modern initializers (Glorot, He) do not give *small* output weights: their
+logits spread by about one unit, which raises the expected loss. To second
+order in the logits `z`, the softmax cross-entropy is
+
+    ln(C) + var_c(z) / 2 - (z_y - mean_c(z)),
+
+where `var_c` is the variance across the classes of one example. The last term
+averages to zero at initialization (the weights know nothing of the labels);
+the middle one is the output spread, measured here. The tolerance therefore
+grows with the measured spread, up to a cap: a spread beyond the cap is itself
+what the finding reports (an output layer that is confident before it has
+learned anything).
+
+Everything here is numpy; the Keras side lives in `trainwatch.sanity`.
+
+Example:
+
+>>> y = np.array([0, 1, 2, 3])
+>>> logits = np.zeros((4, 10))
+>>> check = initial_loss_expectation("sparse_categorical_crossentropy", y, logits, True)
+>>> round(check.expected, 4), check.num_classes
+(2.3026, 10)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+CATEGORICAL = "categorical_crossentropy"
+SPARSE_CATEGORICAL = "sparse_categorical_crossentropy"
+BINARY = "binary_crossentropy"
+MEAN_SQUARED_ERROR = "mean_squared_error"
+LOSS_KINDS = (CATEGORICAL, SPARSE_CATEGORICAL, BINARY, MEAN_SQUARED_ERROR)
+
+_EPSILON = 1e-7  # Keras's clipping of probabilities in the cross-entropies
+
+
+class InitialLossExpectation(NamedTuple):
+    """The expected initial loss and the tolerance around it.
+
+    Attributes:
+        kind: One of `LOSS_KINDS`.
+        expected: The loss of a network with small output weights.
+        tolerance: Largest acceptable `|loss - expected|`: the sum of
+            `relative` (a share of `expected`), `noise` (sampling noise of the
+            mean over the batch) and `spread_allowance`.
+        relative: `rtol * expected`.
+        noise: Twice the standard error of the per-example loss.
+        spread_allowance: The loss increase that the measured output spread
+            explains, capped (see the module docstring).
+        output_spread: The measured spread: mean variance of the logits across
+            classes (cross-entropy), mean squared logit (binary) or mean squared
+            output (mean squared error).
+        num_classes: `C` for the cross-entropies, else `None`.
+        assumption: The condition under which `expected` holds, in words.
+    """
+
+    kind: str
+    expected: float
+    tolerance: float
+    relative: float
+    noise: float
+    spread_allowance: float
+    output_spread: float
+    num_classes: int | None
+    assumption: str
+
+
+def _as_float_array(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64)
+
+
+def _check_kind(kind):
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"Expected kind in {LOSS_KINDS}. Received: kind={kind!r}")
+
+
+def expected_initial_loss(kind, num_classes=None, y_true=None) -> float:
+    """The loss of a network whose outputs carry no information yet.
+
+    Args:
+        kind: One of `LOSS_KINDS`.
+        num_classes: Number of classes `C` (the last dimension of the output);
+            needed for the categorical cross-entropies. Defaults to `None`.
+        y_true: The labels; needed for `"mean_squared_error"`. Defaults to
+            `None`.
+
+    Returns:
+        `ln(C)` for the categorical cross-entropies (uniform prediction),
+        `ln(2)` for binary cross-entropy (every probability 0.5) and
+        `mean(y_true**2)` for mean squared error (outputs near zero; this is
+        the label variance when the labels have zero mean).
+
+    Raises:
+        ValueError: `kind` is unknown, or the argument it needs is missing.
+
+    Example:
+
+    >>> round(expected_initial_loss("categorical_crossentropy", num_classes=10), 4)
+    2.3026
+    >>> round(expected_initial_loss("binary_crossentropy"), 4)
+    0.6931
+    >>> float(expected_initial_loss("mean_squared_error", y_true=[-1.0, 1.0]))
+    1.0
+    """
+    _check_kind(kind)
+    if kind in (CATEGORICAL, SPARSE_CATEGORICAL):
+        if num_classes is None or int(num_classes) < 1:
+            raise ValueError(
+                "Expected a positive number of classes for "
+                f"{kind}. Received: num_classes={num_classes!r}"
+            )
+        return float(np.log(int(num_classes)))
+    if kind == BINARY:
+        return float(np.log(2.0))
+    if y_true is None:
+        raise ValueError(
+            "Expected the labels to compute the expected mean squared error. "
+            "Received: y_true=None"
+        )
+    return float(np.mean(_as_float_array(y_true) ** 2))
+
+
+def _log_softmax(z):
+    z = z - np.max(z, axis=-1, keepdims=True)
+    return z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
+
+
+def _logits(kind, y_pred, from_logits):
+    """Logits equivalent to `y_pred` (log-probabilities when it holds probabilities)."""
+    y_pred = _as_float_array(y_pred)
+    if from_logits:
+        return y_pred
+    if kind == BINARY:
+        p = np.clip(y_pred, _EPSILON, 1.0 - _EPSILON)
+        return np.log(p) - np.log1p(-p)
+    p = np.clip(y_pred, _EPSILON, None)
+    p = p / np.sum(p, axis=-1, keepdims=True)
+    return np.log(np.clip(p, _EPSILON, 1.0))
+
+
+def per_example_loss(kind, y_true, y_pred, from_logits=False) -> np.ndarray:
+    """The loss of each example, flattened, as Keras computes it (numpy).
+
+    Args:
+        kind: One of `LOSS_KINDS`.
+        y_true: Labels: class indices (sparse), one-hot or soft labels
+            (categorical), 0/1 targets (binary) or targets (mean squared error).
+        y_pred: Predictions, same leading shape.
+        from_logits: Whether `y_pred` holds logits. Defaults to `False`.
+
+    Returns:
+        A 1-D array with one loss per example (per position for sequences).
+
+    Example:
+
+    >>> per_example_loss("binary_crossentropy", [[1.0]], [[0.0]], from_logits=True)
+    array([0.69314718])
+    """
+    _check_kind(kind)
+    y_pred = _as_float_array(y_pred)
+    if kind == MEAN_SQUARED_ERROR:
+        y_true = _as_float_array(y_true).reshape(y_pred.shape)
+        diff = (y_true - y_pred) ** 2
+        return np.mean(diff.reshape(len(diff), -1), axis=-1)
+    if kind == BINARY:
+        y_true = _as_float_array(y_true).reshape(y_pred.shape)
+        z = _logits(kind, y_pred, from_logits)
+        losses = np.logaddexp(0.0, z) - y_true * z
+        return np.mean(losses.reshape(len(losses), -1), axis=-1)
+    log_p = _log_softmax(_logits(kind, y_pred, from_logits))
+    if kind == SPARSE_CATEGORICAL:
+        labels = np.asarray(y_true).reshape(log_p.shape[:-1]).astype(np.int64)
+        labels = np.clip(labels, 0, log_p.shape[-1] - 1)
+        picked = np.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]
+        return -picked.reshape(-1)
+    y_true = _as_float_array(y_true).reshape(log_p.shape)
+    return -np.sum(y_true * log_p, axis=-1).reshape(-1)
+
+
+def output_spread(kind, y_pred, from_logits=False) -> float:
+    """How far the outputs are from the uninformative prediction.
+
+    Returns the mean variance of the logits across classes for the categorical
+    cross-entropies, the mean squared logit for binary cross-entropy, and the
+    mean squared output for mean squared error: 0 for a network with zero
+    output weights.
+
+    Example:
+
+    >>> output_spread("categorical_crossentropy", [[1.0, -1.0]], from_logits=True)
+    1.0
+    """
+    _check_kind(kind)
+    y_pred = _as_float_array(y_pred)
+    if kind == MEAN_SQUARED_ERROR:
+        return float(np.mean(y_pred**2))
+    z = _logits(kind, y_pred, from_logits)
+    if kind == BINARY:
+        return float(np.mean(z**2))
+    return float(np.mean(np.var(z, axis=-1)))
+
+
+def _spread_allowance(kind, spread, y_true, spread_cap):
+    """The loss increase explained by the output spread, capped."""
+    if kind == MEAN_SQUARED_ERROR:
+        # loss ~ mean(y**2) + mean(f**2) for outputs f unrelated to the labels;
+        # outputs as large as the labels are the cap.
+        return float(min(spread, np.mean(_as_float_array(y_true) ** 2)))
+    capped = min(spread, spread_cap)
+    if kind == BINARY:
+        return capped / 8.0  # softplus(z) - y z ~ ln 2 + z**2 / 8 on average
+    return capped / 2.0
+
+
+_ASSUMPTIONS = {
+    CATEGORICAL: "a network with small output weights predicts the uniform "
+    "distribution over the C classes",
+    SPARSE_CATEGORICAL: "a network with small output weights predicts the uniform "
+    "distribution over the C classes",
+    BINARY: "a network with small output weights predicts probability 0.5",
+    MEAN_SQUARED_ERROR: "a network whose outputs are near zero (zero-mean "
+    "output); this equals the label variance when the labels are centered",
+}
+
+
+def initial_loss_expectation(
+    kind, y_true, y_pred, from_logits=False, rtol=0.1, spread_cap=2.0
+) -> InitialLossExpectation:
+    """The expected initial loss for these labels and a tolerance for them.
+
+    Args:
+        kind: One of `LOSS_KINDS`.
+        y_true: The labels of the batch.
+        y_pred: The untrained model's predictions on the batch.
+        from_logits: Whether `y_pred` holds logits. Defaults to `False`.
+        rtol: Relative part of the tolerance. Defaults to `0.1`.
+        spread_cap: Largest output spread (logit variance across classes, or
+            mean squared logit) still counted as normal for an initialized
+            network; about what Glorot or He initialization gives on
+            standardized inputs. Defaults to `2.0`.
+
+    Returns:
+        An `InitialLossExpectation`.
+
+    Example:
+
+    >>> y = np.eye(4)[[0, 1, 2, 3]]
+    >>> check = initial_loss_expectation("categorical_crossentropy", y, y * 0.0, True)
+    >>> round(check.expected, 4), round(check.tolerance, 4)
+    (1.3863, 0.1386)
+    """
+    _check_kind(kind)
+    y_pred = _as_float_array(y_pred)
+    num_classes = None
+    if kind in (CATEGORICAL, SPARSE_CATEGORICAL):
+        num_classes = int(y_pred.shape[-1]) if y_pred.ndim else 1
+    expected = expected_initial_loss(kind, num_classes=num_classes, y_true=y_true)
+    losses = per_example_loss(kind, y_true, y_pred, from_logits)
+    noise = 0.0
+    if losses.size > 1:
+        noise = 2.0 * float(np.std(losses)) / np.sqrt(losses.size)
+    spread = output_spread(kind, y_pred, from_logits)
+    allowance = _spread_allowance(kind, spread, y_true, spread_cap)
+    relative = rtol * abs(expected)
+    return InitialLossExpectation(
+        kind=kind,
+        expected=expected,
+        tolerance=float(relative + noise + allowance),
+        relative=float(relative),
+        noise=float(noise),
+        spread_allowance=float(allowance),
+        output_spread=float(spread),
+        num_classes=num_classes,
+        assumption=_ASSUMPTIONS[kind],
+    )
+
+
+def label_problems(kind, y_true, num_classes=None) -> list[str]:
+    """Label encodings that do not fit the loss, in words (empty if none).
+
+    Args:
+        kind: One of `LOSS_KINDS`.
+        y_true: The labels.
+        num_classes: `C`, the model's last output dimension (cross-entropies).
+            Defaults to `None` (not checked).
+
+    Returns:
+        A list of sentences, one per problem.
+
+    Example:
+
+    >>> label_problems("sparse_categorical_crossentropy", np.eye(3), 3)[0][:40]
+    'The labels look one-hot (shape (3, 3), r'
+    >>> label_problems("binary_crossentropy", [-1.0, 1.0])[0][:38]
+    'Binary cross-entropy needs labels in ['
+    """
+    _check_kind(kind)
+    y = np.asarray(y_true)
+    problems = []
+    if kind == SPARSE_CATEGORICAL:
+        if num_classes and y.ndim >= 2 and y.shape[-1] == num_classes > 1:
+            rows = y.reshape(-1, num_classes).astype(np.float64)
+            if np.all((rows == 0) | (rows == 1)) and np.allclose(rows.sum(-1), 1):
+                problems.append(
+                    f"The labels look one-hot (shape {y.shape}, rows of 0/1 summing "
+                    "to 1) but the loss is sparse_categorical_crossentropy, which "
+                    "expects class indices: use categorical_crossentropy, or pass "
+                    "`np.argmax(y, axis=-1)`."
+                )
+                return problems
+        values = y.astype(np.float64)
+        if not np.all(values == np.round(values)):
+            problems.append(
+                "sparse_categorical_crossentropy expects integer class indices, "
+                "but the labels hold fractions."
+            )
+        elif num_classes and (values.min() < 0 or values.max() >= num_classes):
+            problems.append(
+                f"The labels range over [{values.min():g}, {values.max():g}] but "
+                f"the model has {num_classes} outputs: class indices must lie in "
+                f"[0, {num_classes - 1}] (labels starting at 1, or a wrong number "
+                "of output units?)."
+            )
+    elif kind == CATEGORICAL:
+        if num_classes and (y.ndim < 2 or y.shape[-1] != num_classes):
+            problems.append(
+                f"categorical_crossentropy expects one-hot labels of width "
+                f"{num_classes}, but the labels have shape {y.shape}: pass class "
+                "indices to sparse_categorical_crossentropy instead, or one-hot "
+                "encode them (`keras.utils.to_categorical`)."
+            )
+            return problems
+        values = y.astype(np.float64)
+        if values.min() < 0 or not np.allclose(values.sum(-1), 1.0, atol=1e-3):
+            problems.append(
+                "categorical_crossentropy expects each label row to be a "
+                "distribution (non-negative, summing to 1), but some rows are not."
+            )
+    elif kind == BINARY:
+        values = y.astype(np.float64)
+        if values.size and (values.min() < 0 or values.max() > 1):
+            problems.append(
+                "Binary cross-entropy needs labels in [0, 1], but they range over "
+                f"[{values.min():g}, {values.max():g}] (labels coded -1/+1?)."
+            )
+    return problems
+
+
+def output_problems(kind, y_pred, from_logits) -> list[str]:
+    """Outputs that contradict the loss's `from_logits` setting (empty if none).
+
+    A softmax output treated as logits gives a loss of almost exactly `ln(C)`
+    at initialization, so the loss value alone cannot reveal it: the outputs
+    are inspected instead.
+
+    Example:
+
+    >>> p = np.full((8, 4), 0.25)
+    >>> label = output_problems("categorical_crossentropy", p, from_logits=True)
+    >>> label[0][:44]
+    'The outputs look like probabilities (each ro'
+    """
+    _check_kind(kind)
+    if kind == MEAN_SQUARED_ERROR:
+        return []
+    y = _as_float_array(y_pred)
+    if y.size == 0:
+        return []
+    in_unit = bool(np.all((y >= 0.0) & (y <= 1.0)))
+    problems = []
+    if from_logits:
+        if kind in (CATEGORICAL, SPARSE_CATEGORICAL) and y.shape[-1] > 1:
+            sums = np.sum(y, axis=-1)
+            if in_unit and np.allclose(sums, 1.0, atol=1e-3):
+                problems.append(
+                    "The outputs look like probabilities (each row is non-negative "
+                    "and sums to 1: a softmax output) but the loss has "
+                    "from_logits=True, so it applies a second softmax: drop the "
+                    "output activation or set from_logits=False."
+                )
+        elif kind == BINARY and in_unit and y.size >= 16:
+            problems.append(
+                "Every output lies in [0, 1] (a sigmoid output) but the loss has "
+                "from_logits=True, so it applies a second sigmoid: drop the output "
+                "activation or set from_logits=False."
+            )
+    elif not in_unit:
+        problems.append(
+            f"The outputs range over [{y.min():.3g}, {y.max():.3g}], outside [0, 1], "
+            "but the loss has from_logits=False and treats them as probabilities: "
+            "add a softmax/sigmoid output activation or set from_logits=True."
+        )
+    return problems
