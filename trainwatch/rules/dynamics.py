@@ -1,0 +1,580 @@
+"""Rules on training dynamics: the loss curve, the train/validation gap, update ratios.
+
+Pure functions: series of measurements in, `Finding`s (or `None`) out. They
+raise `loss_nan`, `loss_diverging`, `loss_plateau`, `loss_noisy`, `overfitting`,
+`underfitting`, `update_ratio_high` and `update_ratio_low`. The thresholds are
+keyword arguments with defaults calibrated on small classifiers (a digits MLP
+with Adam at 1e-3 raises nothing; Adam at 10 or at 1e-6 raises its findings).
+
+Numbers in, numbers named in the messages: every finding says what was
+measured and what to try.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from trainwatch.findings import Finding
+from trainwatch.numerics.curves import linear_trend
+from trainwatch.numerics.update_ratio import (
+    HEALTHY_RATIO,
+    learning_rate_factor,
+    sustained_level,
+)
+
+__all__ = [
+    "loss_diverging",
+    "loss_nan",
+    "loss_noisy",
+    "loss_plateau",
+    "overfitting",
+    "underfitting",
+    "update_ratio_findings",
+]
+
+NAN_ADVICE = (
+    "Lower the learning rate (10x), clip gradients "
+    "(`keras.optimizers.Adam(clipnorm=1.0)`), check the inputs and labels for "
+    "nan/inf, and guard logs/divisions in custom losses (Keras's losses clip "
+    "probabilities; a hand-written `log(p)` does not)."
+)
+DIVERGING_ADVICE = (
+    "The learning rate is most likely too high: lower it 3-10x (see the "
+    "update_ratio charts: ~1e-3 is healthy), or add gradient clipping "
+    "(`clipnorm=1.0`) and a warm-up."
+)
+NOISY_ADVICE = (
+    "Use a larger batch (e.g. 4x) or a lower learning rate (2-3x), so that "
+    "each step follows the true gradient more closely."
+)
+OVERFITTING_ADVICE = (
+    "Regularize: add dropout or weight decay (L2), augment or add data, use a "
+    "smaller model, or stop earlier (`keras.callbacks.EarlyStopping("
+    "monitor='val_loss', restore_best_weights=True)`)."
+)
+UNDERFITTING_ADVICE = (
+    "Give the model more capacity (wider or deeper layers) or train longer; "
+    "check that the learning rate is not too low (update ratios near 1e-3), "
+    "that the inputs are standardized and that regularization is not too strong."
+)
+
+
+def _finite(values):
+    array = np.asarray([np.nan if v is None else v for v in values], np.float64)
+    return array[np.isfinite(array)]
+
+
+def loss_nan(value, step=None, epoch=None, stopping=False, where=None) -> Finding:
+    """The `loss_nan` error for the first non-finite loss.
+
+    Args:
+        value: The loss seen (`nan`, `inf` or `-inf`).
+        step: Global step at which it was seen. Defaults to `None`.
+        epoch: Epoch at which it was seen. Defaults to `None`.
+        stopping: Whether training is being stopped because of it.
+            Defaults to `False`.
+        where: What the value was (e.g. `"batch_loss"`). Defaults to `None`.
+
+    Returns:
+        A `Finding` with severity `"error"`.
+
+    Example:
+
+    >>> loss_nan(float("nan"), step=12).message.split(".")[0]
+    'The training loss became nan at step 12'
+    """
+    when = "" if step is None else f" at step {step}"
+    if epoch is not None:
+        when += f" (epoch {epoch})"
+    action = (
+        "Training was stopped (`stop_on_nan=True`)."
+        if stopping
+        else "Training continues, but the weights are most likely nan from here on."
+    )
+    return Finding(
+        "loss_nan",
+        "error",
+        f"The training loss became {float(value)}{when}. {action}",
+        NAN_ADVICE,
+        step=step,
+        epoch=epoch,
+        where=where,
+    )
+
+
+def loss_diverging(
+    epoch_losses: Sequence[float],
+    initial_loss: float | None,
+    recent_losses: Sequence[float] = (),
+    step=None,
+    epoch=None,
+    factor=1.5,
+    rise_epochs=2,
+    rise_factor=1.5,
+) -> Finding | None:
+    """Flags a training loss that climbs above where it started or keeps rising.
+
+    Two signs, checked in order:
+
+    * the current level (median of `recent_losses`, else the last epoch loss)
+      is more than `factor` times the initial loss;
+    * the epoch loss rose `rise_epochs` epochs in a row and ends more than
+      `rise_factor` times its minimum.
+
+    Args:
+        epoch_losses: Training loss of each epoch so far.
+        initial_loss: Loss of the first batch (before any update), or `None`.
+        recent_losses: Recent per-batch losses. Defaults to `()`.
+        step: Global step for the finding. Defaults to `None`.
+        epoch: Epoch for the finding. Defaults to `None`.
+        factor: Level over initial loss that counts as diverged.
+            Defaults to `1.5`.
+        rise_epochs: Consecutive rising epochs that count. Defaults to `2`.
+        rise_factor: Rise over the minimum epoch loss that counts.
+            Defaults to `1.5`.
+
+    Returns:
+        A `loss_diverging` warning, or `None`.
+
+    Example:
+
+    >>> loss_diverging([13.6], initial_loss=2.3).code
+    'loss_diverging'
+    >>> loss_diverging([1.0, 0.5], initial_loss=2.3) is None
+    True
+    """
+    recent = _finite(recent_losses)
+    epochs = _finite(epoch_losses)
+    if recent.size >= 5:
+        level, what = float(np.median(recent)), "The recent per-batch loss (median)"
+    elif epochs.size:
+        level, what = float(epochs[-1]), "The last epoch's loss"
+    else:
+        return None
+    if initial_loss is not None and math.isfinite(initial_loss) and initial_loss > 0:
+        if level > factor * initial_loss:
+            return Finding(
+                "loss_diverging",
+                "warning",
+                f"{what} is {level:.4g}, {level / initial_loss:.1f}x the initial "
+                f"loss {initial_loss:.4g}: training is diverging (or jumped to a "
+                "flat bad value).",
+                DIVERGING_ADVICE,
+                step=step,
+                epoch=epoch,
+            )
+    if epochs.size > rise_epochs:
+        tail = epochs[-(rise_epochs + 1) :]
+        best = float(epochs.min())
+        if np.all(np.diff(tail) > 0) and best > 0 and epochs[-1] > rise_factor * best:
+            return Finding(
+                "loss_diverging",
+                "warning",
+                f"The epoch loss rose {rise_epochs} epochs in a row, to "
+                f"{epochs[-1]:.4g}, {epochs[-1] / best:.1f}x its minimum {best:.4g}.",
+                DIVERGING_ADVICE,
+                step=step,
+                epoch=epoch,
+            )
+    return None
+
+
+def loss_plateau(
+    epoch_losses: Sequence[float],
+    initial_loss: float | None,
+    steps_seen: int,
+    step=None,
+    epoch=None,
+    min_epochs=3,
+    min_steps=50,
+    min_drop=0.05,
+    patience=3,
+    stall_drop=0.01,
+    high_fraction=0.5,
+) -> Finding | None:
+    """Flags a loss that hardly falls: a learning rate too low, or stuck.
+
+    Two signs, after at least `min_epochs` epochs and `min_steps` steps:
+
+    * the loss fell less than `min_drop` (a fraction) below the initial loss;
+    * over the last `patience` epochs it fell less than `stall_drop` (a
+      fraction), while still above `high_fraction` of the initial loss.
+
+    A loss far above the initial one is left to `loss_diverging`.
+
+    Args:
+        epoch_losses: Training loss of each epoch so far.
+        initial_loss: Loss of the first batch, or `None`.
+        steps_seen: Training steps so far.
+        step: Global step for the finding. Defaults to `None`.
+        epoch: Epoch for the finding. Defaults to `None`.
+        min_epochs: Epochs before judging. Defaults to `3`.
+        min_steps: Steps before judging. Defaults to `50`.
+        min_drop: Smallest healthy fall from the initial loss. Defaults to `0.05`.
+        patience: Epochs of the stall test. Defaults to `3`.
+        stall_drop: Smallest healthy fall over `patience` epochs.
+            Defaults to `0.01`.
+        high_fraction: A stall counts above this fraction of the initial loss.
+            Defaults to `0.5`.
+
+    Returns:
+        A `loss_plateau` warning, or `None`.
+
+    Example:
+
+    >>> loss_plateau([2.90, 2.89, 2.88], 2.90, steps_seen=135).code
+    'loss_plateau'
+    >>> loss_plateau([1.0, 0.6, 0.4], 2.30, steps_seen=135) is None
+    True
+    """
+    epochs = _finite(epoch_losses)
+    if epochs.size < min_epochs or steps_seen < min_steps:
+        return None
+    if initial_loss is None or not math.isfinite(initial_loss) or initial_loss <= 0:
+        return None
+    last = float(epochs[-1])
+    if last > 1.5 * initial_loss or last <= 0:
+        return None
+    drop = (initial_loss - last) / initial_loss
+    if drop < min_drop:
+        return Finding(
+            "loss_plateau",
+            "warning",
+            f"The loss fell only {100 * drop:.1f}% in {epochs.size} epochs "
+            f"({steps_seen} steps), from {initial_loss:.4g} to {last:.4g}: a "
+            "straight, slow line.",
+            "The learning rate is most likely too low: raise it 10x (see the "
+            "update_ratio charts: ~1e-3 is healthy). Also check the "
+            "initialization and that the inputs are standardized.",
+            step=step,
+            epoch=epoch,
+        )
+    if epochs.size > patience:
+        before = float(epochs[-(patience + 1)])
+        stall = (before - last) / before if before > 0 else 0.0
+        if stall < stall_drop and last > high_fraction * initial_loss:
+            return Finding(
+                "loss_plateau",
+                "warning",
+                f"The loss has stayed near {last:.4g} for {patience} epochs "
+                f"(fell {100 * stall:.2f}%), still {100 * last / initial_loss:.0f}% "
+                f"of the initial {initial_loss:.4g}.",
+                "Training is stuck at a high loss: try a different learning rate "
+                "(3x up if update ratios are below 1e-3, 3x down if above), a "
+                "learning-rate schedule, or check for dead units and saturation.",
+                step=step,
+                epoch=epoch,
+            )
+    return None
+
+
+def loss_noisy(
+    losses: Sequence[float],
+    initial_loss: float | None,
+    steps: Sequence[int] | None = None,
+    step=None,
+    epoch=None,
+    batches_per_point=1,
+    min_points=20,
+    noise_to_trend=3.0,
+    noise_to_level=0.5,
+    converged_fraction=0.25,
+) -> Finding | None:
+    """Flags per-batch losses whose scatter swamps their trend.
+
+    Over the window given (e.g. one epoch of per-batch losses), a straight
+    line is fitted. The loss is noisy when the scatter about the line is more
+    than `noise_to_trend` times the line's change over the window, and more
+    than `noise_to_level` times the loss level, while the loss is still above
+    `converged_fraction` of the initial loss (a converged loss has no trend
+    left to hide).
+
+    Args:
+        losses: Per-batch losses, oldest first.
+        initial_loss: Loss of the first batch, or `None` (then only the
+            relative tests apply).
+        steps: Steps of the losses. Defaults to `0, 1, 2, …`.
+        step: Global step for the finding. Defaults to `None`.
+        epoch: Epoch for the finding. Defaults to `None`.
+        batches_per_point: Batches averaged in each point (with
+            `steps_per_execution > 1`); for the message. Defaults to `1`.
+        min_points: Fewest points to judge. Defaults to `20`.
+        noise_to_trend: Scatter over trend change that counts. Defaults to `3`.
+        noise_to_level: Scatter over loss level that counts. Defaults to `0.5`.
+        converged_fraction: Below this fraction of the initial loss the run
+            counts as converged. Defaults to `0.25`.
+
+    Returns:
+        A `loss_noisy` warning, or `None`.
+
+    Example:
+
+    >>> rng = np.random.default_rng(0)
+    >>> noisy = 1.5 + rng.normal(0, 1.0, 200)
+    >>> loss_noisy(noisy, initial_loss=2.3).code
+    'loss_noisy'
+    >>> loss_noisy(np.linspace(2.3, 0.5, 200), initial_loss=2.3) is None
+    True
+    """
+    trend = linear_trend(losses, steps)
+    if trend.count < min_points or not math.isfinite(trend.level):
+        return None
+    if trend.level <= 0 or trend.noise <= noise_to_trend * abs(trend.change):
+        return None
+    if trend.noise <= noise_to_level * trend.level:
+        return None
+    if initial_loss is not None and math.isfinite(initial_loss) and initial_loss > 0:
+        if trend.level < converged_fraction * initial_loss:
+            return None
+    what = (
+        "per-batch loss"
+        if batches_per_point == 1
+        else (f"loss (means of {batches_per_point} batches)")
+    )
+    return Finding(
+        "loss_noisy",
+        "warning",
+        f"The {what} scatters by {trend.noise:.3g} (std) around a trend that "
+        f"moved only {abs(trend.change):.3g} over the last {trend.count} points, "
+        f"at a level of {trend.level:.3g}: the noise swamps the trend.",
+        NOISY_ADVICE,
+        step=step,
+        epoch=epoch,
+    )
+
+
+def overfitting(
+    train_losses: Sequence[float | None],
+    val_losses: Sequence[float | None],
+    train_scores: Sequence[float | None] = (),
+    val_scores: Sequence[float | None] = (),
+    metric="accuracy",
+    step=None,
+    epoch=None,
+    score_gap=0.1,
+    patience=3,
+    rise=0.1,
+) -> Finding | None:
+    """Flags a wide or growing gap between training and validation.
+
+    Two signs, checked in order:
+
+    * the last training score (e.g. accuracy) exceeds the validation score by
+      more than `score_gap`;
+    * the validation loss rose `patience` validations in a row, to more than
+      `1 + rise` times its minimum, while the training loss kept falling.
+
+    Args:
+        train_losses: Training loss per epoch.
+        val_losses: Validation loss per epoch (`None` where there was no
+            validation), aligned with `train_losses`.
+        train_scores: Training accuracy (higher is better) per epoch.
+            Defaults to `()`.
+        val_scores: Validation accuracy per epoch. Defaults to `()`.
+        metric: Name of the score, for the message. Defaults to `"accuracy"`.
+        step: Global step for the finding. Defaults to `None`.
+        epoch: Epoch for the finding. Defaults to `None`.
+        score_gap: Gap in score that counts as wide. Defaults to `0.1`.
+        patience: Rising validations in a row that count. Defaults to `3`.
+        rise: Rise of the validation loss above its minimum that counts
+            (fraction). Defaults to `0.1`.
+
+    Returns:
+        An `overfitting` warning, or `None`.
+
+    Example:
+
+    >>> overfitting([0.1], [0.9], [0.99], [0.80]).message.split(":")[0]
+    'Training accuracy 0.99 vs validation 0.8'
+    """
+    if train_scores and val_scores:
+        pairs = [
+            (t, v)
+            for t, v in zip(train_scores, val_scores)
+            if t is not None and v is not None and math.isfinite(t + v)
+        ]
+        if pairs:
+            t, v = pairs[-1]
+            if t - v > score_gap:
+                return Finding(
+                    "overfitting",
+                    "warning",
+                    f"Training {metric} {t:.4g} vs validation {v:.4g}: a gap of "
+                    f"{t - v:.3g} (more than {score_gap:g}).",
+                    OVERFITTING_ADVICE,
+                    step=step,
+                    epoch=epoch,
+                )
+    pairs = [
+        (t, v)
+        for t, v in zip(train_losses, val_losses)
+        if t is not None and v is not None and math.isfinite(t + v)
+    ]
+    if len(pairs) > patience:
+        train, val = np.array(pairs).T
+        best = int(np.argmin(val))
+        tail_val = val[-(patience + 1) :]
+        if (
+            np.all(np.diff(tail_val) > 0)
+            and val[-1] > (1 + rise) * val[best]
+            and train[-1] < train[best]
+        ):
+            return Finding(
+                "overfitting",
+                "warning",
+                f"The validation loss rose {patience} times in a row, from "
+                f"{val[best]:.4g} to {val[-1]:.4g}, while the training loss fell "
+                f"from {train[best]:.4g} to {train[-1]:.4g}: a growing gap.",
+                OVERFITTING_ADVICE,
+                step=step,
+                epoch=epoch,
+            )
+    return None
+
+
+def underfitting(
+    train_scores: Sequence[float | None],
+    val_scores: Sequence[float | None] = (),
+    metric="accuracy",
+    step=None,
+    epoch=None,
+    poor_score=0.6,
+    small_gap=0.05,
+    min_epochs=3,
+) -> Finding | None:
+    """Flags a training score that stays poor with little train/validation gap.
+
+    Meant for the end of training: early epochs are naturally poor.
+
+    Args:
+        train_scores: Training accuracy (higher is better) per epoch.
+        val_scores: Validation accuracy per epoch, or `()` without validation.
+            Defaults to `()`.
+        metric: Name of the score, for the message. Defaults to `"accuracy"`.
+        step: Global step for the finding. Defaults to `None`.
+        epoch: Epoch for the finding. Defaults to `None`.
+        poor_score: Training score below which it counts as poor.
+            Defaults to `0.6`.
+        small_gap: Largest train/validation gap that counts as little.
+            Defaults to `0.05`.
+        min_epochs: Epochs before judging. Defaults to `3`.
+
+    Returns:
+        An `underfitting` warning, or `None`.
+
+    Example:
+
+    >>> underfitting([0.2, 0.3, 0.35], [0.2, 0.3, 0.34]).code
+    'underfitting'
+    """
+    train = _finite(train_scores)
+    if train.size < min_epochs or train[-1] >= poor_score:
+        return None
+    last = float(train[-1])
+    val = _finite(val_scores)
+    if val.size:
+        gap = last - float(val[-1])
+        if gap > small_gap:
+            return None
+        detail = f"validation {float(val[-1]):.4g}, a gap of only {gap:.3g}"
+    else:
+        detail = "no validation data to compare"
+    return Finding(
+        "underfitting",
+        "warning",
+        f"After {train.size} epochs the training {metric} is only {last:.4g} "
+        f"(below {poor_score:g}; {detail}).",
+        UNDERFITTING_ADVICE,
+        step=step,
+        epoch=epoch,
+    )
+
+
+def update_ratio_findings(
+    history: Mapping[str, Sequence[float]],
+    step=None,
+    epoch=None,
+    low=3e-5,
+    high=1e-1,
+    window=5,
+    min_samples=3,
+    learning_rate=None,
+    healthy=HEALTHY_RATIO,
+) -> list[Finding]:
+    """Flags update/parameter ratios sustained far outside the healthy ~1e-3.
+
+    For each variable, the sustained level is the median of its last `window`
+    finite, non-zero samples (see `sustained_level`). Variables above `high`
+    give one `update_ratio_high` finding, below `low` one `update_ratio_low`,
+    naming the worst variables and the factor `ratio / healthy` by which the
+    learning rate is off.
+
+    Args:
+        history: `{variable path: ratios sampled so far}` for the variables to
+            judge (weights; biases and norms' scales are usually left out).
+        step: Global step for the findings. Defaults to `None`.
+        epoch: Epoch for the findings. Defaults to `None`.
+        low: Sustained ratio below which updates are too small.
+            Defaults to `3e-5`.
+        high: Sustained ratio above which updates are too large.
+            Defaults to `1e-1`.
+        window: Samples in the sustained level. Defaults to `5`.
+        min_samples: Fewest samples for a verdict. Defaults to `3`.
+        learning_rate: The current learning rate, to suggest a value.
+            Defaults to `None`.
+        healthy: The healthy ratio. Defaults to `1e-3`.
+
+    Returns:
+        Up to two findings (`update_ratio_high`, `update_ratio_low`).
+
+    Example:
+
+    >>> [f.code for f in update_ratio_findings({"d/kernel": [0.5, 0.6, 0.7]})]
+    ['update_ratio_high']
+    """
+    levels = {}
+    for path, samples in history.items():
+        level = sustained_level(samples, window, min_samples)
+        if level is not None:
+            levels[path] = level
+    findings = []
+    for code, flagged, direction in (
+        ("update_ratio_high", {p: r for p, r in levels.items() if r > high}, "above"),
+        ("update_ratio_low", {p: r for p, r in levels.items() if r < low}, "below"),
+    ):
+        if not flagged:
+            continue
+        worst = sorted(
+            flagged.items(), key=lambda item: -abs(math.log10(item[1] / healthy))
+        )[:3]
+        median = float(np.median(list(flagged.values())))
+        factor = learning_rate_factor(median, healthy)
+        named = ", ".join(f"{path} {ratio:.2g}" for path, ratio in worst)
+        limit = high if code == "update_ratio_high" else low
+        message = (
+            f"The update/parameter ratio |dW|/|W| stays {direction} {limit:g} for "
+            f"{len(flagged)} of {len(levels)} weight variables (median of the "
+            f"last {window} samples: {named}); about {healthy:g} is healthy."
+        )
+        if code == "update_ratio_high":
+            change = f"lower the learning rate about {factor:.3g}x"
+            cause = "The steps are too large: "
+        else:
+            change = f"raise the learning rate about {1 / factor:.3g}x"
+            cause = "The steps are too small: "
+        if learning_rate is not None and learning_rate > 0:
+            change += f" (from {learning_rate:.3g} to ~{learning_rate / factor:.2g})"
+        advice = (
+            f"{cause}{change}. The ratio scales about linearly with the "
+            "learning rate for SGD and Adam alike."
+        )
+        where = worst[0][0] if len(flagged) == 1 else None
+        findings.append(
+            Finding(
+                code, "warning", message, advice, step=step, epoch=epoch, where=where
+            )
+        )
+    return findings
