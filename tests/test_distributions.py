@@ -1,0 +1,262 @@
+"""`Distributions` on each backend: the rules fire on broken nets, stay quiet on a
+healthy one, every kind of model is traced, histograms reach the event files,
+and the probe leaves training untouched."""
+
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from trainwatch.callbacks.distributions import (
+    Distributions,
+    activation_name,
+    distribution_findings,
+    measure_distributions,
+)
+from trainwatch.tensorboard import read_events
+
+LAYER_CODES = {"dead_units", "saturated_units", "vanishing_gradients"}
+LAYER_CODES |= {"exploding_gradients"}
+
+
+def digits(n=400):
+    data = load_digits()
+    x = data.data[:n].astype("float32")
+    std = x.std(axis=0)
+    std[std == 0] = 1.0
+    return (x - x.mean(axis=0)) / std, data.target[:n]
+
+
+def codes(findings):
+    return [(f.code, f.where) for f in findings]
+
+
+def mlp(hidden, activation="relu", n_in=64, **dense_kwargs):
+    layers = [keras.Input((n_in,))]
+    layers += [
+        keras.layers.Dense(h, activation=activation, **dense_kwargs) for h in hidden
+    ]
+    layers += [keras.layers.Dense(10, activation="softmax")]
+    model = keras.Sequential(layers)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return model
+
+
+def test_dead_relu_units_from_a_large_negative_bias():
+    x, y = digits(64)
+    model = mlp(
+        [32, 16], bias_initializer=keras.initializers.Constant(-20.0)
+    )  # both hidden layers start dead
+    layers, _ = measure_distributions(model, x, y)
+    first = layers[0]
+    assert first.activation == "relu" and tuple(first.dead) == (32, 32)
+    findings = distribution_findings(layers, step=0)
+    dead = [f for f in findings if f.code == "dead_units"]
+    assert dead[0].where == "sequential/dense" and dead[0].severity == "error"
+    assert "32 of 32" in dead[0].message
+
+
+def test_saturated_tanh_from_large_initial_weights():
+    x, y = digits(64)
+    model = mlp(
+        [32],
+        activation="tanh",
+        kernel_initializer=keras.initializers.RandomNormal(0, 5),
+    )
+    layers, _ = measure_distributions(model, x, y)
+    assert layers[0].saturated.fraction > 0.8
+    assert ("saturated_units", "sequential/dense") in codes(
+        distribution_findings(layers)
+    )
+
+
+def test_vanishing_gradients_in_a_deep_sigmoid_net():
+    x, y = digits(64)
+    model = mlp([16] * 8, activation="sigmoid")
+    layers, _ = measure_distributions(model, x, y)
+    found = codes(distribution_findings(layers))
+    assert ("vanishing_gradients", "sequential/dense") in found, found
+    rms = [d.kernel_gradient_rms for d in layers]
+    assert rms[0] < rms[-1] / 100
+
+
+def test_dead_channels_of_a_conv_layer_with_sampled_outputs():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 12, 12, 1)).astype("float32")
+    y = rng.integers(0, 3, size=16)
+    bias = np.zeros(8, "float32")
+    bias[:3] = -100.0  # channels 0, 1, 2 dead
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    model.layers[0].bias.assign(bias)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    layers, _ = measure_distributions(model, x, y, max_features=64)  # 800 > 64
+    conv = layers[0]
+    assert conv.output.shape == (16, 64)  # 8 positions x all 8 channels
+    assert tuple(conv.dead) == (3, 8)
+
+
+def test_healthy_digits_mlp_raises_nothing_and_histograms_read_back(tmp_path):
+    x, y = digits()
+    model = mlp([64, 32])
+    callback = Distributions(tmp_path, probe=(x[:64], y[:64]), verbose=0)
+    model.fit(x, y, batch_size=50, epochs=3, verbose=0, callbacks=[callback])
+    assert not [f for f in callback.context.findings if f.code in LAYER_CODES], [
+        str(f) for f in callback.context.findings
+    ]
+    run = read_events(str(tmp_path))["train"]
+    layers = ["sequential/dense", "sequential/dense_1", "sequential/dense_2"]
+    paths = [v.path for v in model.weights]
+    expected = {f"activations/{n}" for n in layers}
+    expected |= {f"activation_gradients/{n}" for n in layers}
+    expected |= {f"weights/{p}" for p in paths} | {
+        f"weight_gradients/{p}" for p in paths
+    }
+    assert set(run.histograms) == expected
+    assert [e.step for e in run.histograms["weights/sequential/dense/kernel"]] == [
+        0,
+        8,
+        16,
+        24,
+    ]
+    assert {
+        "dead_fraction/sequential/dense",
+        "gradient_norm/sequential/dense_2",
+    } <= set(run.scalars)
+    # The last histogram holds every probe activation of the first layer.
+    last = run.histograms["activations/sequential/dense"][-1]
+    assert last.counts.sum() == 64 * 64
+    kernel = keras.ops.convert_to_numpy(model.layers[0].kernel)
+    last_weights = run.histograms["weights/sequential/dense/kernel"][-1]
+    assert last_weights.edges[0] == pytest.approx(kernel.min(), rel=1e-5)
+    assert last_weights.edges[-1] == pytest.approx(kernel.max(), rel=1e-5)
+
+
+def nested_functional():
+    inner = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(
+                8,
+                activation="tanh",
+                kernel_initializer=keras.initializers.RandomNormal(0, 20),
+                name="inner_tanh",
+            ),
+        ],
+        name="inner",
+    )
+    a = keras.Input((3,), name="a")
+    b = keras.Input((4,), name="b")
+    h = keras.layers.Concatenate(name="concat")(
+        [keras.layers.Dense(4, activation="relu", name="da")(a), inner(b)]
+    )
+    label = keras.layers.Dense(
+        1,
+        activation="sigmoid",
+        kernel_initializer=keras.initializers.RandomNormal(0, 50),
+        name="label",
+    )(h)
+    value = keras.layers.Dense(2, name="value")(h)
+    model = keras.Model([a, b], [label, value])
+    model.compile(optimizer="sgd", loss=["binary_crossentropy", "mse"])
+    return model
+
+
+def test_functional_multi_input_multi_output_nested(tmp_path):
+    model = nested_functional()
+    rng = np.random.default_rng(1)
+    x = [rng.normal(size=(16, 3)), rng.normal(size=(16, 4))]
+    y = [rng.integers(0, 2, size=(16, 1)).astype("float32"), rng.normal(size=(16, 2))]
+    layers, variables = measure_distributions(model, x, y)
+    by_name = {d.layer.name: d for d in layers}
+    assert {"da", "inner_tanh", "concat", "label", "value"} <= set(by_name)
+    for d in layers:
+        assert d.output_gradient is not None and np.all(np.isfinite(d.output_gradient))
+    assert by_name["inner_tanh"].name.endswith("inner/inner_tanh")
+    assert by_name["inner_tanh"].saturated.fraction > 0.5
+    assert by_name["label"].saturated is None  # an output layer may be confident
+    found = codes(distribution_findings(layers))
+    assert ("saturated_units", by_name["inner_tanh"].name) in found
+    assert {v.path for v in variables} == {v.path for v in model.weights}
+    # Through the callback too.
+    callback = Distributions(tmp_path, probe=(x, y), histogram_freq=0, verbose=0)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+    histograms = read_events(str(tmp_path))["train"].histograms
+    assert f"activations/{by_name['inner_tanh'].name}" in histograms
+
+
+class Block(keras.layers.Layer):
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(units)
+        self.act = keras.layers.ReLU()
+
+    def call(self, x):
+        return self.act(self.dense(x))
+
+
+class Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.block = Block(6)
+        self.head = keras.layers.Dense(3, activation="softmax")
+
+    def call(self, x):
+        return self.head(self.block(x))
+
+
+def test_subclassed_model_with_a_custom_block():
+    model = Subclassed()
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(10, 5)).astype("float32")
+    y = rng.integers(0, 3, size=10)
+    model(x)
+    model.block.dense.bias.assign(np.full(6, -50.0, "float32"))
+    layers, _ = measure_distributions(model, x, y)
+    kinds = [(type(d.layer).__name__, d.activation) for d in layers]
+    assert kinds == [("Dense", "linear"), ("ReLU", "relu"), ("Dense", "softmax")]
+    assert tuple(layers[1].dead) == (6, 6)
+    assert ("dead_units", layers[1].name) in codes(distribution_findings(layers))
+
+
+def test_probe_does_not_change_training(tmp_path):
+    x, y = digits(120)
+
+    def train(callbacks):
+        keras.utils.set_random_seed(7)
+        model = mlp([16])
+        model.fit(x, y, batch_size=30, epochs=2, verbose=0, callbacks=callbacks)
+        return [keras.ops.convert_to_numpy(v) for v in model.weights]
+
+    plain = train([])
+    watched = train([Distributions(tmp_path, probe=(x[:32], y[:32]), verbose=0)])
+    for a, b in zip(plain, watched):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_activation_names():
+    assert activation_name(keras.layers.Dense(2, activation="relu6")) == "relu6"
+    assert activation_name(keras.layers.Activation("sigmoid")) == "sigmoid"
+    assert activation_name(keras.layers.ReLU()) == "relu"
+    assert activation_name(keras.layers.LeakyReLU()) == "leaky_relu"
+    assert activation_name(keras.layers.Flatten()) is None
+
+
+def test_arguments_are_checked():
+    with pytest.raises(ValueError, match=r"Received: probe=None"):
+        Distributions(probe=None)
+    with pytest.raises(
+        ValueError, match=r"Received: probe=\(<ndarray shape=\(4, 2\)>\)"
+    ):
+        Distributions(probe=(np.zeros((4, 2)),))
+    with pytest.raises(ValueError, match=r"Received: histogram_freq=-1"):
+        Distributions(probe=(np.zeros((4, 2)), np.zeros(4)), histogram_freq=-1)
+    with pytest.raises(TypeError, match=r"Received: max_features=1.5"):
+        Distributions(probe=(np.zeros((4, 2)), np.zeros(4)), max_features=1.5)
