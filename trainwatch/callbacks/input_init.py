@@ -212,7 +212,8 @@ class InputAndInitChecks(Monitor):
             values.update({f"init/signal_rms/{name}": rms for name, rms, _ in gains})
             if values:
                 writer.scalars(values, self.context.step)
-        for finding in initialization.kernel_findings(kernels):
+        heads = [layer.kernel.path for layer in _heads(layers)]
+        for finding in initialization.kernel_findings(kernels, heads=heads):
             self._report(finding)
         for finding in initialization.signal_findings(gains):
             self._report(finding)
@@ -374,6 +375,34 @@ def _checked_layers(model):
             continue
         layers.append(layer)
     return layers
+
+
+def _heads(layers):
+    """The layers with no other of `layers` after them (output layers).
+
+    Follows the graph of Sequential and Functional models; a subclassed model
+    has no graph, and there the last of `layers` (model order) is the head.
+    """
+    checked = {id(layer) for layer in layers}
+    if not any(getattr(layer, "_outbound_nodes", None) for layer in layers):
+        return layers[-1:]
+    heads = []
+    for layer in layers:
+        seen, frontier, feeds_another = set(), [layer], False
+        while frontier and not feeds_another:
+            current = frontier.pop()
+            for node in getattr(current, "_outbound_nodes", None) or []:
+                operation = getattr(node, "operation", None)
+                if operation is None or id(operation) in seen:
+                    continue
+                seen.add(id(operation))
+                if id(operation) in checked:
+                    feeds_another = True
+                    break
+                frontier.append(operation)
+        if not feeds_another:
+            heads.append(layer)
+    return heads
 
 
 def _activation_name(activation):

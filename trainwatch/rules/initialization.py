@@ -11,8 +11,10 @@ Two rules, both about the model before its first update:
   Keras's default `glorot_uniform` is a reference itself, so it never
   triggers (with ReLU it is within a factor 2 of He when fan_in ~ fan_out,
   and further only where Glorot's own rule says so). A kernel whose weights
-  are all equal (e.g. zeros) is reported too: its units never become
-  different (no symmetry breaking).
+  are all equal (e.g. zeros) is reported too: its units start identical
+  (symmetry not broken). Output layers ("heads": no weighted layer after
+  them) may start small or at zero, a common choice that makes the first
+  prediction uniform, so for them only "too large" is reported.
 
 * The signal entering each weighted layer, measured on a batch at init, is
   unusual when its RMS shrinks to `1/SIGNAL_FACTOR` or grows to
@@ -66,7 +68,7 @@ def _references_text(stats: KernelInitStats) -> str:
     )
 
 
-def kernel_findings(stats_list, low=LOW, high=HIGH) -> list[Finding]:
+def kernel_findings(stats_list, low=LOW, high=HIGH, heads=()) -> list[Finding]:
     """Findings for kernels whose initial variance is far from the references.
 
     Args:
@@ -75,6 +77,8 @@ def kernel_findings(stats_list, low=LOW, high=HIGH) -> list[Finding]:
             Defaults to `LOW`.
         high: A variance above `high` times the largest reference is unusual.
             Defaults to `HIGH`.
+        heads: Paths of output-layer kernels, judged only for being too
+            large. Defaults to `()`.
 
     Returns:
         `init_scale_unusual` warnings, `where` the variable path.
@@ -91,8 +95,10 @@ def kernel_findings(stats_list, low=LOW, high=HIGH) -> list[Finding]:
         raise ValueError(
             f"Expected 0 < low < 1 < high. Received: low={low}, high={high}"
         )
+    heads = set(heads)
     findings = []
     for stats in stats_list:
+        head = stats.path in heads
         shape = "x".join(str(d) for d in stats.shape)
         where = f"{stats.path} ({shape}, fan_in {stats.fan_in})"
         if not math.isfinite(stats.variance):
@@ -106,15 +112,16 @@ def kernel_findings(stats_list, low=LOW, high=HIGH) -> list[Finding]:
                     where=stats.path,
                 )
             )
-        elif stats.variance == 0:
+        elif stats.variance == 0 and not head:
             findings.append(
                 Finding(
                     "init_scale_unusual",
                     "warning",
                     f"Kernel {where} starts with every weight equal to "
                     f"{stats.mean:.3g}: all units of the layer compute the same "
-                    "output and receive the same update, so they never become "
-                    f"different (references: {_references_text(stats)}).",
+                    "output, so they start identical and only chance in later "
+                    "layers can make them differ (before ReLU, zero weights give "
+                    f"no gradient at all; references: {_references_text(stats)}).",
                     "Break the symmetry with a random initializer. "
                     + _initializer_advice(stats),
                     where=stats.path,
@@ -123,7 +130,9 @@ def kernel_findings(stats_list, low=LOW, high=HIGH) -> list[Finding]:
         else:
             smallest = min(stats.references.values())
             largest = max(stats.references.values())
-            if low * smallest <= stats.variance <= high * largest:
+            if stats.variance <= high * largest and (
+                head or low * smallest <= stats.variance
+            ):
                 continue
             too = "large" if stats.variance > high * largest else "small"
             effect = (
