@@ -284,7 +284,7 @@ class Monitor(keras.callbacks.Callback):
         if self.disabled:
             return None
         try:
-            with self.context.timed(part):
+            with self.context.timed(f"{type(self).__name__}.{part}"):
                 return fn(*args, **kwargs)
         except Exception as error:  # diagnostics must never stop training
             self._failures += 1
