@@ -1,0 +1,869 @@
+"""`check_gradients`: backprop gradients of a Keras model against finite differences.
+
+The check runs on a float64 copy of the model (`trainwatch.backends.float64`),
+in inference mode and through stateless calls, so the user's weights, optimizer
+and random state are left exactly as they were. For every trainable variable
+(biases too) it probes a few coordinates (the largest analytic gradients plus
+random ones) and one random direction that covers the whole variable at once,
+so the cost grows with the number of variables, not of parameters.
+
+Each probe samples the loss at `θ + t·d`, `t = -2h, -h, 0, h, 2h`, with a step
+`h` scaled to the variable's magnitude, and estimates its own numerical error
+(round-off measured from fourth differences, truncation from a Richardson
+comparison of steps `h` and `2h`); see `trainwatch.numerics`. A mismatch far
+beyond that error is a bug; a kink (ReLU, max-pool, hinge, max) crossed by the
+probe is reported as inconclusive, not as a bug. The data loss and the
+regularization loss are checked apart.
+
+When the model cannot be rebuilt in float64 (e.g. an unregistered custom layer
+or a subclassed model without `get_config`), the check runs in float32 on the
+user's own model (stateless: nothing changes), with a larger step and wider
+bands, and says so with a `gradient_check_imprecise` finding.
+
+Example:
+
+>>> import keras, numpy as np
+>>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, "tanh"),
+...                           keras.layers.Dense(2)])
+>>> model.compile(loss="mse")
+>>> x, y = np.random.rand(8, 4), np.random.rand(8, 2)
+>>> result = check_gradients(model, x, y)
+>>> result.passed, result.precision
+(True, 'float64')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random as python_random
+import time
+from typing import NamedTuple
+
+import keras
+import numpy as np
+
+from trainwatch.backends import float64, get_backend
+from trainwatch.backends import model_functions as mf
+from trainwatch.findings import Finding
+from trainwatch.numerics import finite_differences as fd
+from trainwatch.numerics import gradcheck_sampling as sampling
+from trainwatch.numerics.relative_error import (
+    THRESHOLDS,
+    combine_verdicts,
+    judge_line,
+    relative_error,
+)
+
+__all__ = [
+    "GradientCheckResult",
+    "LineCheck",
+    "VariableCheck",
+    "check_gradients",
+]
+
+PRECISIONS = ("auto", "float64", "float32")
+
+# Step relative to a variable's RMS value, and the smallest RMS assumed (so a
+# zero-initialised bias gets a step too). float64: ~1e-6 relative, the middle
+# of the 1e-5..1e-6 range where truncation and round-off are both ~1e-10.
+# float32: 1e-2 relative (measured: 1e-6 gives errors of 1e-1 on correct
+# models, 1e-2 about 1e-4 with the truncation estimated and reported).
+_RELATIVE_STEP = {"float64": 3e-5, "float32": 1e-2}
+_MIN_SCALE = {"float64": 0.1, "float32": 1.0}
+_ROUNDOFF_SIGMAS = 3.0  # round-off part of a line's error estimate, in std devs
+_MIN_LINES_FOR_OWN_NOISE = 4
+_TINY_GRADIENT = 1e-10
+
+
+class LineCheck(NamedTuple):
+    """One probe of one variable: a coordinate or a random direction.
+
+    Attributes:
+        kind: `"coordinate"` or `"direction"`.
+        index: The coordinate (a tuple), or `None` for a direction.
+        part: `"data"` or `"regularization"`: which loss was differentiated.
+        analytic: Backprop value: the gradient entry, or `g·d` for a direction.
+        numeric: Centered-difference value of the same quantity.
+        relative_error: `|analytic − numeric| / max(|analytic|, |numeric|)`.
+        estimated_error: The probe's own numerical error estimate, relative to
+            `max(|analytic|, |numeric|)`.
+        kink: Whether the probe crossed a kink.
+        verdict: `"ok"`, `"suspicious"`, `"wrong"` or `"inconclusive"`.
+        reason: A few words on the verdict.
+    """
+
+    kind: str
+    index: tuple | None
+    part: str
+    analytic: float
+    numeric: float
+    relative_error: float
+    estimated_error: float
+    kink: bool
+    verdict: str
+    reason: str
+
+    def describe(self) -> str:
+        where = "direction" if self.index is None else f"index {list(self.index)}"
+        return (
+            f"{where} ({self.part}): analytic {self.analytic:.10g}, numeric "
+            f"{self.numeric:.10g}, relative error {_fmt(self.relative_error)} "
+            f"(own error estimate {_fmt(self.estimated_error)})"
+        )
+
+
+@dataclasses.dataclass
+class VariableCheck:
+    """The gradient check of one trainable variable.
+
+    Attributes:
+        path: The Keras variable path, e.g. `"sequential/dense_1/kernel"`.
+        layer: The path of the layer that owns it, e.g. `"sequential/dense_1"`.
+        shape: The variable's shape.
+        step: The finite-difference step used (absolute).
+        verdict: `"ok"`, `"suspicious"`, `"wrong"` or `"inconclusive"`.
+        relative_error: The largest relative error among conclusive probes
+            (NaN when none was conclusive).
+        estimated_error: The largest relative error the check estimated for
+            itself among those probes: what "precise" meant here.
+        coordinates: The coordinates probed.
+        kinks: How many probes crossed a kink.
+        lines: Every probe, as `LineCheck`s.
+        gradient_missing: The framework returned no gradient (or an exactly
+            zero one) for the data loss while the loss depends on it.
+        notes: Anything else worth saying (tiny gradients, unused variable).
+    """
+
+    path: str
+    layer: str
+    shape: tuple
+    step: float
+    verdict: str
+    relative_error: float
+    estimated_error: float
+    coordinates: list
+    kinks: int
+    lines: list
+    gradient_missing: bool = False
+    notes: list = dataclasses.field(default_factory=list)
+
+    def worst(self, count=3) -> list:
+        """The `count` probes with the largest relative error, worst first."""
+        ranked = [line for line in self.lines if np.isfinite(line.relative_error)]
+        ranked.sort(key=lambda line: -line.relative_error)
+        bad = [line for line in ranked if line.verdict in ("wrong", "suspicious")]
+        return (bad or ranked)[:count]
+
+
+@dataclasses.dataclass
+class GradientCheckResult:
+    """What `check_gradients` found.
+
+    Attributes:
+        variables: One `VariableCheck` per trainable variable, in model order.
+        precision: `"float64"` (the shadow model) or `"float32"` (fallback).
+        findings: `Finding`s (`gradient_wrong`, `gradient_suspicious`,
+            `gradient_missing`, `gradient_check_imprecise`), step unset.
+        loss: The loss at the checked weights (`LossParts`: total, data,
+            regularization), or `None`.
+        examples: How many examples the loss was computed on.
+        seconds: Wall time of the check.
+        message: Why the check ran in float32 or could not judge, if so.
+    """
+
+    variables: list
+    precision: str
+    findings: list
+    loss: object = None
+    examples: int = 0
+    seconds: float = 0.0
+    message: str = ""
+
+    @property
+    def passed(self) -> bool:
+        """No variable wrong or suspicious, and at least one confirmed ok."""
+        verdicts = [v.verdict for v in self.variables]
+        if any(v in ("wrong", "suspicious") for v in verdicts):
+            return False
+        return "ok" in verdicts
+
+    @property
+    def failed(self) -> list:
+        """The variables whose gradient is wrong."""
+        return [v for v in self.variables if v.verdict == "wrong"]
+
+    @property
+    def max_relative_error(self) -> float:
+        """The largest relative error of any conclusive probe (NaN if none)."""
+        errors = [v.relative_error for v in self.variables]
+        errors = [e for e in errors if np.isfinite(e)]
+        return max(errors) if errors else float("nan")
+
+    def summary(self) -> str:
+        """One line: passed or failed, precision, worst error."""
+        state = "PASSED" if self.passed else "FAILED"
+        if not self.passed and not self.failed:
+            counts = [v.verdict for v in self.variables]
+            if "suspicious" not in counts:
+                state = "INCONCLUSIVE"
+        return (
+            f"Gradient check {state} ({self.precision}, {self.examples} examples, "
+            f"{len(self.variables)} variables): max relative error "
+            f"{_fmt(self.max_relative_error)}."
+        )
+
+    def _rows(self):
+        header = ["variable", "shape", "step", "rel. error", "own estimate"]
+        header += ["kinks", "verdict"]
+        rows = []
+        for v in self.variables:
+            rows.append(
+                [
+                    v.path,
+                    "x".join(str(s) for s in v.shape) or "scalar",
+                    f"{v.step:.1e}",
+                    _fmt(v.relative_error),
+                    _fmt(v.estimated_error),
+                    f"{v.kinks}/{len(v.lines) // max(1, _parts_count(v))}",
+                    v.verdict,
+                ]
+            )
+        return header, rows
+
+    def _details(self) -> list:
+        lines = []
+        for v in self.variables:
+            if v.verdict in ("wrong", "suspicious"):
+                lines.append(f"{v.path} (layer {v.layer}) is {v.verdict}:")
+                lines += [f"  {line.describe()}" for line in v.worst()]
+            for note in v.notes:
+                lines.append(f"{v.path}: {note}")
+        if self.message:
+            lines.append(self.message)
+        return lines
+
+    def __str__(self) -> str:
+        header, rows = self._rows()
+        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+        text = [self.summary()]
+        for row in [header] + rows:
+            text.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        text += self._details()
+        return "\n".join(text)
+
+    def to_markdown(self) -> str:
+        """The result as markdown (for TensorBoard's Text tab)."""
+        header, rows = self._rows()
+        text = [f"**{self.summary()}**", ""]
+        text.append("| " + " | ".join(header) + " |")
+        text.append("|" + " --- |" * len(header))
+        for row in rows:
+            text.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+        details = self._details()
+        if details:
+            text += [""] + [f"    {line}" for line in details]
+        return "\n".join(text)
+
+
+def _parts_count(variable) -> int:
+    return max(1, len({line.part for line in variable.lines}))
+
+
+def _fmt(value) -> str:
+    if value is None or not np.isfinite(value):
+        return "-"
+    return f"{value:.1e}"
+
+
+# -- options -----------------------------------------------------------------
+
+
+def validate_options(
+    max_examples=8,
+    coordinates=6,
+    directions=1,
+    relative_step=None,
+    precision="auto",
+    seed=0,
+):
+    """Checks `check_gradients` options; raises `ValueError` naming the bad one.
+
+    Example:
+
+    >>> validate_options(coordinates=4)
+    >>> validate_options(precision="float16")
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected precision in ('auto', 'float64', 'float32'). Received: precision='float16'
+    """
+    for name, value, low in (
+        ("max_examples", max_examples, 1),
+        ("coordinates", coordinates, 0),
+        ("directions", directions, 0),
+        ("seed", seed, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"Expected an integer {name}. Received: {name}={value!r}")
+        if value < low:
+            raise ValueError(f"Expected {name} >= {low}. Received: {name}={value!r}")
+    if coordinates + directions < 1:
+        raise ValueError(
+            "Expected at least one probe per variable (coordinates + directions "
+            f">= 1). Received: coordinates={coordinates}, directions={directions}"
+        )
+    if relative_step is not None and not (
+        isinstance(relative_step, (int, float))
+        and math.isfinite(relative_step)
+        and 0 < relative_step < 1
+    ):
+        raise ValueError(
+            "Expected relative_step to be None or a number in (0, 1). "
+            f"Received: relative_step={relative_step!r}"
+        )
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"Expected precision in {PRECISIONS}. Received: precision={precision!r}"
+        )
+
+
+# -- the check ----------------------------------------------------------------
+
+
+def check_gradients(
+    model,
+    x,
+    y,
+    sample_weight=None,
+    *,
+    max_examples=8,
+    coordinates=6,
+    directions=1,
+    relative_step=None,
+    precision="auto",
+    seed=0,
+) -> GradientCheckResult:
+    """Checks a model's backprop gradients against finite differences.
+
+    Args:
+        model: A built, compiled Keras model.
+        x: Inputs (array, or list/dict of arrays for several inputs).
+        y: Targets, matching the compiled loss.
+        sample_weight: Optional per-example weights. Defaults to `None`.
+        max_examples: Use only the first this many examples (few examples,
+            few kinks, fast). Defaults to `8`.
+        coordinates: Coordinates probed per variable: half the largest
+            analytic gradients, half random. Defaults to `6`.
+        directions: Random directions probed per variable (each covers the
+            whole variable). Defaults to `1`.
+        relative_step: Step relative to each variable's RMS value. Defaults to
+            `None`: 1e-6 in float64, 1e-2 in float32.
+        precision: `"auto"` (float64, or float32 when the model cannot be
+            rebuilt in float64), `"float64"` (raise if impossible) or
+            `"float32"` (check the model as it is). Defaults to `"auto"`.
+        seed: Seed of the random coordinates and directions. Defaults to `0`.
+
+    Returns:
+        A `GradientCheckResult`; `str(result)` is a readable table.
+
+    Raises:
+        TypeError: `model` is not a Keras model.
+        ValueError: the model is not built or not compiled, or an option is
+            invalid.
+        trainwatch.backends.float64.Float64Unavailable: `precision="float64"`
+            and the model cannot be rebuilt in float64.
+
+    Example:
+
+    >>> result = check_gradients(model, x[:8], y[:8])  # doctest: +SKIP
+    >>> print(result)  # doctest: +SKIP
+    Gradient check PASSED (float64, 8 examples, 4 variables): max relative ...
+    """
+    mf.check_model_ready(model)
+    validate_options(
+        max_examples, coordinates, directions, relative_step, precision, seed
+    )
+    start = time.perf_counter()
+    x, y, sample_weight = _first_examples((x, y, sample_weight), max_examples)
+    examples = _count_examples(x)
+    options = dict(coordinates=coordinates, directions=directions, seed=seed)
+    with _preserved_random_state():
+        result = None
+        message = ""
+        if precision in ("auto", "float64"):
+            try:
+                with float64.float64_mode():
+                    shadow = float64.make_float64_shadow(model)
+                    _check_aligned(model, shadow)
+                    result = _run(
+                        shadow, model, x, y, sample_weight, "float64",
+                        relative_step, **options,
+                    )  # fmt: skip
+            except float64.Float64Unavailable as error:
+                if precision == "float64":
+                    raise
+                message = (
+                    f"No float64 copy of the model ({error}) The check ran in "
+                    "float32 on the model itself: only errors above ~1e-2 can "
+                    "be told apart from round-off."
+                )
+        if result is None:
+            result = _run(
+                model, model, x, y, sample_weight, "float32", relative_step, **options
+            )
+            if not message:
+                message = (
+                    "The check ran in float32 as asked (precision='float32'): "
+                    "only errors above ~1e-2 can be told apart from round-off."
+                )
+            result.message = (message + " " + result.message).strip()
+            result.findings.insert(
+                0,
+                Finding(
+                    "gradient_check_imprecise",
+                    "warning",
+                    message,
+                    "Register custom layers with "
+                    "`@keras.saving.register_keras_serializable()` and give "
+                    "them (and subclassed models) a `get_config()`, so the "
+                    "check can rebuild the model in float64.",
+                ),
+            )
+    result.examples = examples
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _check_aligned(model, shadow):
+    ours, theirs = model.trainable_variables, shadow.trainable_variables
+    if len(ours) != len(theirs) or any(
+        tuple(a.shape) != tuple(b.shape) for a, b in zip(ours, theirs)
+    ):
+        raise float64.Float64Unavailable(
+            f"the float64 copy of {model.name!r} has different trainable variables"
+        )
+
+
+def _first_examples(data, count):
+    to_numpy = get_backend().to_numpy
+
+    def take(value):
+        if value is None:
+            return None
+        array = value if isinstance(value, np.ndarray) else to_numpy(value)
+        array = np.asarray(array)
+        return array[:count] if array.ndim else array
+
+    return keras.tree.map_structure(take, data, none_is_leaf=True)
+
+
+def _count_examples(x) -> int:
+    for leaf in keras.tree.flatten(x):
+        if leaf is not None and np.ndim(leaf):
+            return int(np.shape(leaf)[0])
+    return 0
+
+
+@contextlib.contextmanager
+def _preserved_random_state():
+    """Restores Python's, numpy's and Keras's global random state afterwards.
+
+    Rebuilding a model draws default seeds from Python's `random` module (every
+    unseeded initializer and `SeedGenerator` does); none of that may leak into
+    the user's run.
+    """
+    from keras.src.backend.common import global_state
+
+    python_state = python_random.getstate()
+    numpy_state = np.random.get_state()
+    generator = global_state.get_global_attribute("global_seed_generator")
+    generator_state = None
+    if generator is not None:
+        generator_state = np.array(get_backend().to_numpy(generator.state))
+    try:
+        yield
+    finally:
+        python_random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        if generator is None:
+            global_state.set_global_attribute("global_seed_generator", None)
+        else:
+            global_state.set_global_attribute("global_seed_generator", generator)
+            generator.state.assign(generator_state)
+
+
+class _Evaluator:
+    """Loss parts of a model at its weights with one variable replaced."""
+
+    def __init__(self, model, x, y, sample_weight, dtype):
+        backend = get_backend()
+        self._to_numpy = backend.to_numpy
+        self.dtype = dtype
+        self._loss_fn = mf.make_loss_function(model, x, y, sample_weight, "total")
+        self.arrays = [
+            np.array(backend.to_numpy(v), dtype=dtype) for v in model.trainable_variables
+        ]
+        # Fresh tensors (not the variables): no autograd graph on PyTorch.
+        self._values = [self._tensor(a) for a in self.arrays]
+        self.evaluations = 0
+
+    def _tensor(self, array):
+        return keras.ops.convert_to_tensor(array, dtype=self.dtype)
+
+    def __call__(self, index, array):
+        values = list(self._values)
+        values[index] = self._tensor(array)
+        _, (_, data, regularization, _) = self._loss_fn(values)
+        self.evaluations += 1
+        return float(self._to_numpy(data)), float(self._to_numpy(regularization))
+
+
+def _run(
+    eval_model,
+    user_model,
+    x,
+    y,
+    sample_weight,
+    precision,
+    relative_step,
+    coordinates,
+    directions,
+    seed,
+):
+    dtype = np.float64 if precision == "float64" else np.float32
+    name = precision
+    xb = mf.convert_batch(x, name)
+    yb = mf.convert_batch(y, name)
+    swb = mf.convert_batch(sample_weight, name)
+    data_grads = mf.compute_gradients(eval_model, xb, yb, swb, part="data")
+    loss = data_grads.loss
+    variables = user_model.trainable_variables
+    if not all(np.isfinite([loss.data, loss.regularization])):
+        return _non_finite_result(variables, precision, loss)
+    reg_grads = mf.compute_gradients(eval_model, xb, yb, swb, part="regularization")
+    check_reg = loss.regularization != 0.0 or any(
+        g is not None and np.any(g) for g in reg_grads.gradients
+    )
+    evaluator = _Evaluator(eval_model, xb, yb, swb, dtype)
+    rng = np.random.default_rng(seed)
+    rel = relative_step or _RELATIVE_STEP[precision]
+    thresholds = THRESHOLDS[precision]
+    eps = float(np.finfo(dtype).eps)
+
+    probed = []
+    for index, variable in enumerate(variables):
+        parts = {"data": data_grads.gradients[index]}
+        if check_reg:
+            parts["regularization"] = reg_grads.gradients[index]
+        probed.append(
+            _probe_variable(
+                evaluator, index, parts, loss, rel, _MIN_SCALE[precision],
+                coordinates, directions, rng,
+            )
+        )  # fmt: skip
+
+    # Round-off per (variable, part), from the fourth differences; variables
+    # with few probes borrow the median over all of them.
+    pooled = {}
+    for record in probed:
+        for part, lines in record["lines"].items():
+            pooled.setdefault(part, []).extend(e.fourth_difference for _, e in lines)
+    checks = []
+    findings = []
+    for variable, record in zip(variables, probed):
+        check = _judge_variable(variable, record, pooled, loss, eps, thresholds)
+        checks.append(check)
+        findings += _variable_findings(check, precision)
+    return GradientCheckResult(checks, precision, findings, loss=loss)
+
+
+def _probe_variable(
+    evaluator, index, parts, loss, rel, min_scale, coordinates, directions, rng
+):
+    theta32 = evaluator.arrays[index]  # working dtype
+    theta = theta32.astype(np.float64)
+    step = fd.choose_step(theta, rel, min_scale)
+    grads = {}
+    for part, grad in parts.items():
+        grads[part] = None if grad is None else np.asarray(grad, dtype=np.float64)
+    ranking = grads.get("data")
+    if ranking is None or not np.any(ranking):
+        ranking = grads.get("regularization")
+    top = coordinates // 2
+    if ranking is None or not np.any(ranking):  # no gradient: random picks only
+        ranking, top = np.zeros(theta.shape), 0
+    picks = sampling.choose_coordinates(ranking, top, coordinates - top, rng)
+    base = (loss.data, loss.regularization)
+    lines = {part: [] for part in parts}
+    work = theta32.copy()
+    for coordinate in picks:
+        values = {part: [0.0] * 5 for part in parts}
+        offsets = [0.0] * 5
+        for slot, multiple in enumerate(fd.OFFSETS):
+            if multiple == 0:
+                point = base
+            else:
+                work[coordinate] = theta[coordinate] + multiple * step
+                offsets[slot] = float(work[coordinate]) - theta[coordinate]
+                point = evaluator(index, work)
+            for p, part in enumerate(("data", "regularization")):
+                if part in values:
+                    values[part][slot] = point[p]
+        work[coordinate] = theta32[coordinate]
+        half = (offsets[3] - offsets[1]) / 2.0 or step
+        for part, grad in grads.items():
+            slope = 0.0 if grad is None else float(grad[coordinate])
+            linear = [slope * t for t in offsets]
+            estimate = fd.analyze_line(values[part], linear, half)
+            lines[part].append((("coordinate", coordinate), estimate))
+    for _ in range(directions):
+        direction = sampling.random_direction(theta.shape, rng)
+        values = {part: [0.0] * 5 for part in parts}
+        linear = {part: [0.0] * 5 for part in parts}
+        for slot, multiple in enumerate(fd.OFFSETS):
+            if multiple == 0:
+                point = base
+            else:
+                moved = (theta + (multiple * step) * direction).astype(theta32.dtype)
+                applied = moved.astype(np.float64) - theta
+                point = evaluator(index, moved)
+                for part, grad in grads.items():
+                    if grad is not None:
+                        linear[part][slot] = float(np.vdot(grad, applied))
+            for p, part in enumerate(("data", "regularization")):
+                if part in values:
+                    values[part][slot] = point[p]
+        for part in parts:
+            estimate = fd.analyze_line(values[part], linear[part], step)
+            lines[part].append((("direction", None), estimate))
+    return {
+        "step": step,
+        "coordinates": picks,
+        "grads": grads,
+        "lines": lines,
+        "theta_rms": float(np.sqrt(np.mean(theta**2))) if theta.size else 0.0,
+    }
+
+
+def _judge_variable(variable, record, pooled, loss, eps, thresholds):
+    path = variable.path
+    layer = path.rsplit("/", 1)[0] if "/" in path else path
+    all_lines = []
+    kinks = set()
+    notes = []
+    missing = False
+    for part, lines in record["lines"].items():
+        grad = record["grads"][part]
+        if part == "regularization" and _flat_without_gradient(grad, lines):
+            continue  # no regularizer on this variable: nothing to check
+        value_scale = abs(loss.data if part == "data" else loss.regularization)
+        fourths = [e.fourth_difference for _, e in lines]
+        noise = fd.estimate_noise(fourths, value_scale, eps)
+        if len(lines) < _MIN_LINES_FOR_OWN_NOISE:
+            noise = max(noise, fd.estimate_noise(pooled[part], value_scale, eps))
+        for position, ((kind, index), estimate) in enumerate(lines):
+            roundoff = fd.roundoff_error(noise, estimate.step)
+            estimated = estimate.truncation + _ROUNDOFF_SIGMAS * roundoff
+            kink = fd.detect_kink(estimate, noise)
+            explained = kink and fd.kink_explains(
+                estimate, thresholds.significance * estimated
+            )
+            verdict, reason = judge_line(
+                estimate.analytic,
+                estimate.numeric,
+                estimate.error,
+                estimated,
+                kink,
+                explained,
+                thresholds,
+            )
+            if kink:
+                kinks.add(position)
+            scale = max(abs(estimate.analytic), abs(estimate.numeric))
+            all_lines.append(
+                LineCheck(
+                    kind=kind,
+                    index=index,
+                    part=part,
+                    analytic=estimate.analytic,
+                    numeric=estimate.numeric,
+                    relative_error=relative_error(estimate.analytic, estimate.numeric),
+                    estimated_error=estimated / scale if scale else 0.0,
+                    kink=kink,
+                    verdict=verdict,
+                    reason=reason,
+                )
+            )
+        part_lines = [line for line in all_lines if line.part == part]
+        part_verdict = combine_verdicts(line.verdict for line in part_lines)
+        zero_gradient = grad is not None and not np.any(grad)
+        if grad is None or zero_gradient:
+            if part_verdict == "wrong":
+                if part == "data":
+                    missing = True
+                what = "no gradient" if grad is None else "an exactly zero gradient"
+                notes.append(
+                    f"backprop gives {what} for the {part} loss, but the loss "
+                    "changes with this variable."
+                )
+            elif part == "data" and grad is None:
+                numeric = [line.numeric for line in part_lines]
+                if all(v == 0.0 for v in numeric):
+                    notes.append(
+                        "gets no gradient and the data loss does not change with "
+                        "it: the variable is not used."
+                    )
+    if record["grads"].get("data") is not None:
+        largest = float(np.max(np.abs(record["grads"]["data"]), initial=0.0))
+        if 0.0 < largest < _TINY_GRADIENT:
+            notes.append(
+                f"its gradients are tiny (max |g| = {largest:.1e} < 1e-10): "
+                "round-off may hide errors; the check's own estimate says how much."
+            )
+    conclusive = [line for line in all_lines if line.verdict != "inconclusive"]
+    worst = max(conclusive, key=lambda line: line.relative_error, default=None)
+    return VariableCheck(
+        path=path,
+        layer=layer,
+        shape=tuple(int(s) for s in variable.shape),
+        step=record["step"],
+        verdict=combine_verdicts(line.verdict for line in all_lines),
+        relative_error=float("nan") if worst is None else worst.relative_error,
+        estimated_error=max(
+            (line.estimated_error for line in conclusive), default=float("nan")
+        ),
+        coordinates=list(record["coordinates"]),
+        kinks=len(kinks),
+        lines=all_lines,
+        gradient_missing=missing,
+        notes=notes,
+    )
+
+
+def _flat_without_gradient(grad, lines) -> bool:
+    if grad is not None and np.any(grad):
+        return False
+    return all(
+        e.numeric == 0.0 and e.error_2h == 0.0 and e.fourth_difference == 0.0
+        for _, e in lines
+    )
+
+
+def _variable_findings(check: VariableCheck, precision) -> list:
+    findings = []
+    worst = "; ".join(line.describe() for line in check.worst())
+    bad_parts = sorted({line.part for line in check.lines if line.verdict == "wrong"})
+    part_words = " and ".join(bad_parts) or "data"
+    look_at = (
+        f"Look at the backward pass of layer {check.layer}: a custom gradient "
+        "(`stop_gradient`, `custom_gradient`), values computed outside Keras ops "
+        "(numpy, `.numpy()`, Python floats) or an op that does not "
+        "differentiate as intended."
+    )
+    if "regularization" in bad_parts and "data" not in bad_parts:
+        look_at = (
+            f"Look at the regularizers and `add_loss` terms of layer "
+            f"{check.layer}: the data loss's gradient agrees, the "
+            "regularization's does not."
+        )
+    if check.gradient_missing:
+        findings.append(
+            Finding(
+                "gradient_missing",
+                "error",
+                f"No gradient reaches {check.path} (layer {check.layer}) although "
+                f"the {part_words} loss changes with it. {worst}",
+                look_at + " Something cuts the graph between this variable and "
+                "the loss (`stop_gradient`, a cast to an integer, a numpy round "
+                "trip).",
+                where=check.path,
+            )
+        )
+    elif check.verdict == "wrong":
+        findings.append(
+            Finding(
+                "gradient_wrong",
+                "error",
+                f"The gradient of {check.path} (layer {check.layer}, {part_words} "
+                f"loss) disagrees with finite differences: relative error "
+                f"{_fmt(check.relative_error)} while the {precision} check "
+                f"estimates its own error at {_fmt(check.estimated_error)}. "
+                f"Worst: {worst}",
+                look_at,
+                where=check.path,
+            )
+        )
+    elif check.verdict == "suspicious":
+        findings.append(
+            Finding(
+                "gradient_suspicious",
+                "warning",
+                f"The gradient of {check.path} (layer {check.layer}) differs "
+                f"slightly from finite differences: relative error "
+                f"{_fmt(check.relative_error)}, beyond the check's own error "
+                f"estimate {_fmt(check.estimated_error)}. Worst: {worst}",
+                look_at + " A small error can also come from float32 math "
+                "inside a layer (a hard-coded cast).",
+                where=check.path,
+            )
+        )
+    elif any("not used" in note for note in check.notes):
+        findings.append(
+            Finding(
+                "gradient_missing",
+                "warning",
+                f"{check.path} (layer {check.layer}) gets no gradient and the loss "
+                "does not depend on it: it never changes during training.",
+                "Check that the layer is connected to the model's output, or "
+                "mark it `trainable=False`.",
+                where=check.path,
+            )
+        )
+    elif check.verdict == "inconclusive":
+        reasons = sorted({line.reason for line in check.lines})
+        findings.append(
+            Finding(
+                "gradient_check_imprecise",
+                "info",
+                f"No verdict on {check.path} (layer {check.layer}): "
+                f"{', '.join(reasons)}. " + " ".join(check.notes),
+                "Check again later in training or with other examples "
+                "(`max_examples`, `seed`); fewer examples cross fewer kinks.",
+                where=check.path,
+            )
+        )
+    return findings
+
+
+def _non_finite_result(variables, precision, loss):
+    message = (
+        f"The loss on the check batch is not finite (data {loss.data}, "
+        f"regularization {loss.regularization}): no gradient can be checked."
+    )
+    checks = []
+    for variable in variables:
+        path = variable.path
+        checks.append(
+            VariableCheck(
+                path=path,
+                layer=path.rsplit("/", 1)[0] if "/" in path else path,
+                shape=tuple(int(s) for s in variable.shape),
+                step=float("nan"),
+                verdict="inconclusive",
+                relative_error=float("nan"),
+                estimated_error=float("nan"),
+                coordinates=[],
+                kinks=0,
+                lines=[],
+                notes=[],
+            )
+        )
+    finding = Finding(
+        "gradient_check_imprecise",
+        "warning",
+        message,
+        "Look for nan/inf in the inputs or labels, or weights that already "
+        "diverged (lower the learning rate).",
+    )
+    return GradientCheckResult(checks, precision, [finding], loss=loss, message=message)

@@ -1,0 +1,90 @@
+"""Which coordinates and directions of a variable a gradient check probes.
+
+Sampling uniformly from one big vector misses what matters; the check instead
+takes, in every variable, the coordinates with the largest analytic gradient
+(where a wrong backward pass shows most clearly above round-off) plus a few
+random ones (where a bug confined to part of a variable may hide), and one
+random direction, which covers the whole variable at once.
+
+Example:
+
+>>> import numpy as np
+>>> g = np.array([[0.1, -5.0], [0.0, 2.0]])
+>>> [tuple(int(i) for i in c) for c in choose_coordinates(g, top=1, random=0)]
+[(0, 1)]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def choose_coordinates(magnitudes, top, random, rng=None):
+    """The `top` largest entries of `magnitudes`, then `random` others.
+
+    Args:
+        magnitudes: Array whose absolute values rank the coordinates (e.g. the
+            analytic gradient), or `None`/all zeros for random picks only.
+        top: How many of the largest to take.
+        random: How many more to draw uniformly from the rest.
+        rng: A `numpy.random.Generator`. Defaults to `None` (seed 0).
+
+    Returns:
+        A list of index tuples (distinct, at most `magnitudes.size`).
+
+    Example:
+
+    >>> import numpy as np
+    >>> picks = choose_coordinates(np.arange(10.0), top=2, random=3)
+    >>> picks[:2], len(set(picks))
+    ([(9,), (8,)], 5)
+    """
+    if top < 0 or random < 0:
+        raise ValueError(
+            f"Expected non-negative counts. Received: top={top}, random={random}"
+        )
+    rng = np.random.default_rng(0) if rng is None else rng
+    values = np.abs(np.nan_to_num(np.asarray(magnitudes, dtype=np.float64)))
+    size = values.size
+    shape = values.shape
+    flat = values.reshape(-1)
+    chosen = []
+    if top and np.any(flat > 0):
+        count = min(top, size, int(np.count_nonzero(flat)))
+        if count < size:
+            candidates = np.argpartition(-flat, count - 1)[:count]
+        else:
+            candidates = np.arange(size)
+        chosen = [int(i) for i in candidates[np.argsort(-flat[candidates])]]
+    wanted = min(size, len(chosen) + random)
+    taken = set(chosen)
+    while len(chosen) < wanted:
+        need = wanted - len(chosen)
+        for i in rng.integers(0, size, size=2 * need + 4):
+            if int(i) not in taken:
+                taken.add(int(i))
+                chosen.append(int(i))
+                if len(chosen) == wanted:
+                    break
+    return [tuple(int(j) for j in np.unravel_index(i, shape)) for i in chosen]
+
+
+def random_direction(shape, rng=None):
+    """A Gaussian direction with root-mean-square entry 1.
+
+    A step `h` along it moves each coordinate by about `h`, i.e. the variable
+    as a whole by `h·√size`: the same relative change as a coordinate step.
+
+    Example:
+
+    >>> import numpy as np
+    >>> d = random_direction((100, 50), np.random.default_rng(1))
+    >>> d.shape, round(float(np.sqrt(np.mean(d**2))), 6)
+    ((100, 50), 1.0)
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    direction = rng.standard_normal(size=shape)
+    rms = float(np.sqrt(np.mean(direction**2))) if direction.size else 0.0
+    if rms == 0.0:
+        return np.ones(shape)
+    return direction / rms
