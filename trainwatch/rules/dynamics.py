@@ -190,20 +190,21 @@ def loss_plateau(
     epoch=None,
     min_epochs=3,
     min_steps=50,
-    min_drop=0.05,
+    min_drop=0.1,
     patience=3,
     stall_drop=0.01,
     high_fraction=0.5,
 ) -> Finding | None:
     """Flags a loss that hardly falls: a learning rate too low, or stuck.
 
-    Two signs, after at least `min_epochs` epochs and `min_steps` steps:
+    Only while the loss is still above `high_fraction` of the first batch's
+    loss (a loss that fell that far is learning, or has converged) and not far
+    above it (that is `loss_diverging`'s). Then two signs, after at least
+    `min_epochs` epochs and `min_steps` steps:
 
-    * the loss fell less than `min_drop` (a fraction) below the initial loss;
-    * over the last `patience` epochs it fell less than `stall_drop` (a
-      fraction), while still above `high_fraction` of the initial loss.
-
-    A loss far above the initial one is left to `loss_diverging`.
+    * since the first epoch the epoch loss fell less than `min_drop` (a
+      fraction);
+    * over the last `patience` epochs it fell less than `stall_drop`.
 
     Args:
         epoch_losses: Training loss of each epoch so far.
@@ -213,12 +214,13 @@ def loss_plateau(
         epoch: Epoch for the finding. Defaults to `None`.
         min_epochs: Epochs before judging. Defaults to `3`.
         min_steps: Steps before judging. Defaults to `50`.
-        min_drop: Smallest healthy fall from the initial loss. Defaults to `0.05`.
+        min_drop: Smallest healthy fall since the first epoch.
+            Defaults to `0.1`.
         patience: Epochs of the stall test. Defaults to `3`.
         stall_drop: Smallest healthy fall over `patience` epochs.
             Defaults to `0.01`.
-        high_fraction: A stall counts above this fraction of the initial loss.
-            Defaults to `0.5`.
+        high_fraction: Judge only above this fraction of the first batch's
+            loss. Defaults to `0.5`.
 
     Returns:
         A `loss_plateau` warning, or `None`.
@@ -233,19 +235,27 @@ def loss_plateau(
     epochs = _finite(epoch_losses)
     if epochs.size < min_epochs or steps_seen < min_steps:
         return None
-    if initial_loss is None or not math.isfinite(initial_loss) or initial_loss <= 0:
-        return None
+    first = float(epochs[0])
+    initial = first
+    if initial_loss is not None and math.isfinite(initial_loss) and initial_loss > 0:
+        initial = float(initial_loss)
     last = float(epochs[-1])
-    if last > 1.5 * initial_loss or last <= 0:
+    if (
+        first <= 0
+        or last <= 0
+        or last > 1.5 * initial
+        or last < high_fraction * initial
+    ):
         return None
-    drop = (initial_loss - last) / initial_loss
+    drop = (first - last) / first
     if drop < min_drop:
+        change = f"fell only {100 * drop:.1f}%" if drop >= 0 else "did not fall"
         return Finding(
             "loss_plateau",
             "warning",
-            f"The loss fell only {100 * drop:.1f}% in {epochs.size} epochs "
-            f"({steps_seen} steps), from {initial_loss:.4g} to {last:.4g}: a "
-            "straight, slow line.",
+            f"The epoch loss {change} in {epochs.size} epochs ({steps_seen} "
+            f"steps), from {first:.4g} to {last:.4g} (first batch: {initial:.4g}): "
+            "a straight, slow line.",
             "The learning rate is most likely too low: raise it 10x (see the "
             "update_ratio charts: ~1e-3 is healthy). Also check the "
             "initialization and that the inputs are standardized.",
@@ -254,14 +264,14 @@ def loss_plateau(
         )
     if epochs.size > patience:
         before = float(epochs[-(patience + 1)])
-        stall = (before - last) / before if before > 0 else 0.0
-        if stall < stall_drop and last > high_fraction * initial_loss:
+        stall = (before - last) / before
+        if stall < stall_drop:
             return Finding(
                 "loss_plateau",
                 "warning",
-                f"The loss has stayed near {last:.4g} for {patience} epochs "
-                f"(fell {100 * stall:.2f}%), still {100 * last / initial_loss:.0f}% "
-                f"of the initial {initial_loss:.4g}.",
+                f"The epoch loss has stayed near {last:.4g} for {patience} epochs "
+                f"(fell {100 * stall:.2f}%), still {100 * last / initial:.0f}% "
+                f"of the first batch's {initial:.4g}.",
                 "Training is stuck at a high loss: try a different learning rate "
                 "(3x up if update ratios are below 1e-3, 3x down if above), a "
                 "learning-rate schedule, or check for dead units and saturation.",
@@ -290,7 +300,7 @@ def loss_noisy(
     than `noise_to_trend` times the line's change over the window, and more
     than `noise_to_level` times the loss level, while the loss is still above
     `converged_fraction` of the initial loss (a converged loss has no trend
-    left to hide).
+    left to hide) and not above 1.5 times it (that is `loss_diverging`'s).
 
     Args:
         losses: Per-batch losses, oldest first.
@@ -329,6 +339,8 @@ def loss_noisy(
     if initial_loss is not None and math.isfinite(initial_loss) and initial_loss > 0:
         if trend.level < converged_fraction * initial_loss:
             return None
+        if trend.level > 1.5 * initial_loss:
+            return None  # diverged: loss_diverging's, not noise's
     what = (
         "per-batch loss"
         if batches_per_point == 1

@@ -1,0 +1,356 @@
+"""`LossCurve`: the loss of each logged batch, per-epoch metrics, the train/val gap.
+
+What it writes (TensorBoard, Keras's `train`/`validation` run layout):
+
+* every `update_freq` steps, in `train`, x-axis in global steps:
+  `batch_loss` (the loss of that batch itself, recovered from Keras's running
+  means), `batch_loss_log10`, `batch_running_loss` (Keras's running mean since
+  the epoch began, what the progress bar shows) and `epoch` (epochs elapsed,
+  fractional, to read the step axis in epochs). With `steps_per_execution > 1`
+  the hooks come every few steps and the batch's own loss cannot be
+  recovered: `window_loss` (and `window_loss_log10`), the mean loss of the
+  batches run since the previous hook, replaces `batch_loss`.
+* every epoch, x-axis in epochs: every entry of Keras's logs, `epoch_<name>`,
+  training values in `train` and `val_*` values in `validation` under the
+  same tag (`epoch_loss`, `epoch_accuracy`, custom metrics alike), and in
+  `train` the gaps `gap/<name>` (how much worse validation is: `val - train`
+  for losses and errors, `train - val` for accuracies and other scores).
+
+Findings: `loss_nan`, `loss_diverging`, `loss_plateau`, `loss_noisy`,
+`overfitting`, `underfitting` (see `trainwatch.rules.dynamics`).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import threading
+from collections import deque
+
+from trainwatch.callbacks.base import Monitor
+from trainwatch.numerics.curves import log10_or_none, window_mean_loss
+from trainwatch.rules import dynamics
+
+__all__ = ["LossCurve"]
+
+_HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "f1", "iou", "r2", "score")
+_MAX_POINTS_PER_EPOCH = 2000
+_RECENT_FOR_DIVERGENCE = 50
+
+
+def higher_is_better(name: str) -> bool:
+    """Whether a metric name looks like a score (accuracy, AUC…) rather than a loss.
+
+    Example:
+
+    >>> higher_is_better("sparse_categorical_accuracy"), higher_is_better("mae")
+    (True, False)
+    """
+    name = name.lower()
+    return any(key in name for key in _HIGHER_IS_BETTER)
+
+
+def _accuracy_name(names):
+    """The accuracy metric to judge over/underfitting by, or `None`."""
+    candidates = [n for n in names if "acc" in n.lower() and "top" not in n.lower()]
+    if "accuracy" in candidates:
+        return "accuracy"
+    return candidates[0] if candidates else None
+
+
+def _number(value):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number
+
+
+class LossCurve(Monitor):
+    """Logs the training loss curve, per-epoch metrics and the train/val gap.
+
+    Keras's `logs["loss"]` in a batch hook is the running mean of the loss
+    since the epoch began; this callback recovers the loss of the batch itself
+    from two consecutive running means (`L_k = k·m_k − (k−1)·m_{k−1}`, exact
+    for equal batch sizes; the epoch's last batch, which may be smaller, is
+    left out). It checks every batch for a non-finite loss, and at every
+    epoch end judges the curve (diverging, plateau, noisy) and the gap
+    (overfitting); at train end, underfitting.
+
+    The batch hook is cheap and thread-safe (`async_safe = True`), so Keras
+    keeps dispatching batch hooks asynchronously on JAX and PyTorch.
+
+    Args:
+        log_dir: Directory for TensorBoard logs (`train/`, `validation/`
+            runs), or `None` to only report findings. Defaults to `None`.
+        update_freq: Write the batch-level loss every this many steps, or
+            `"epoch"` to write only per-epoch values (non-finite losses are
+            still caught at every batch). Defaults to `10`.
+        stop_on_nan: Stop training (`model.stop_training = True`) at the first
+            non-finite loss. Defaults to `False`: training continues.
+        verbose: 0 silent, 1 print each new warning or error finding.
+            Defaults to `1`.
+
+    Raises:
+        ValueError: If `update_freq` is not a positive integer or `"epoch"`.
+        TypeError: If `stop_on_nan` is not a bool.
+
+    Example:
+
+    ```python
+    curve = trainwatch.LossCurve("runs/exp1", update_freq=10)
+    model.fit(x, y, validation_data=(x_val, y_val), epochs=20, callbacks=[curve])
+    [f.code for f in curve.context.findings]   # e.g. ['overfitting']
+    ```
+    """
+
+    async_safe = True
+
+    def __init__(self, log_dir=None, update_freq=10, stop_on_nan=False, verbose=1):
+        super().__init__(log_dir=log_dir, verbose=verbose)
+        if update_freq != "epoch":
+            try:
+                freq = operator.index(update_freq)
+            except TypeError:
+                freq = 0
+            if isinstance(update_freq, bool) or freq < 1:
+                raise ValueError(
+                    "Expected `update_freq` to be a positive integer (steps) or "
+                    f"'epoch'. Received: update_freq={update_freq!r}"
+                )
+            update_freq = freq
+        if not isinstance(stop_on_nan, bool):
+            raise TypeError(
+                "Expected `stop_on_nan` to be a bool. "
+                f"Received: stop_on_nan={stop_on_nan!r}"
+            )
+        self.update_freq = update_freq
+        self.stop_on_nan = stop_on_nan
+        self._lock = threading.Lock()
+        self.initial_loss = None
+        self.history: dict[str, list] = {}  # per global epoch, `None` where missing
+        self.epochs_seen = 0
+        self._global_epoch = -1
+        self._nan_seen = False
+        self._steps_per_execution = 1
+        self._steps = None
+        self._epoch_start_step = 0
+        self._means = {}
+        self._points = deque(maxlen=_MAX_POINTS_PER_EPOCH)
+        self._writer = None
+
+    # -- Keras hooks ---------------------------------------------------------
+    def begin(self):
+        spe = getattr(self._model, "steps_per_execution", 1)
+        self._steps_per_execution = max(1, int(spe or 1))
+        steps = (self.params or {}).get("steps")
+        self._steps = int(steps) if steps else None
+        # Created here, on the main thread: the batch hook runs in worker threads.
+        self._writer = self.context.writer("train")
+
+    def epoch_begin(self, epoch):
+        self._global_epoch = max(int(epoch), self._global_epoch + 1)
+        self._epoch_start_step = self.context.step
+        with self._lock:
+            self._means = {}
+            self._points.clear()
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Runs in Keras's worker threads on JAX/PyTorch, possibly out of order:
+        # no device work, no shared timers, state under a lock.
+        if self.disabled or not logs:
+            return
+        try:
+            self._batch_end(int(batch), logs)
+        except Exception as error:  # never crash training
+            self.guard("batch_end", _reraise, error)
+
+    def epoch_end(self, epoch, logs):
+        writer = self.context.writer("train")
+        val_writer = None
+        g = self._global_epoch if self._global_epoch >= 0 else int(epoch)
+        train, val = {}, {}
+        for name, value in logs.items():
+            number = _number(value)
+            if number is None:
+                continue
+            if name.startswith("val_"):
+                val[name[4:]] = number
+            else:
+                train[name] = number
+        gaps = {}
+        for name, t in train.items():
+            if name in val:
+                v = val[name]
+                gaps[name] = t - v if higher_is_better(name) else v - t
+        if writer is not None:
+            writer.scalars({f"epoch_{n}": v for n, v in train.items()}, step=g)
+            if gaps:
+                writer.scalars({f"gap/{n}": v for n, v in gaps.items()}, step=g)
+            writer.scalar("epoch", g + 1, step=self.context.step)
+            if val:
+                val_writer = self.context.writer("validation")
+                val_writer.scalars({f"epoch_{n}": v for n, v in val.items()}, step=g)
+        self._record_history(g, train, val)
+        self.epochs_seen += 1
+        self._judge_epoch(epoch, train)
+
+    def end(self, logs):
+        score = _accuracy_name(self.history)
+        if score is None:
+            return
+        finding = dynamics.underfitting(
+            self.history[score],
+            self.history.get(f"val_{score}", ()),
+            metric=score,
+            step=self.context.step,
+            epoch=self.context.epoch,
+        )
+        if finding is not None:
+            self.context.report(finding)
+
+    # -- internals -----------------------------------------------------------
+    def _batch_end(self, batch, logs):
+        loss = _number(logs.get("loss"))
+        if loss is None:
+            return
+        spe = self._steps_per_execution
+        after = batch + 1 if self._steps is None else min(batch + 1, self._steps)
+        before = max(batch + 1 - spe, 0)
+        start = self._epoch_start_step
+        step = start + after
+        if self._owns_context and step > self.context.step:
+            self.context.step = step  # monotone even when hooks run out of order
+        if not math.isfinite(loss):
+            self._on_non_finite(loss, step)
+        freq = self.update_freq
+        write = freq != "epoch" and (start + after) // freq > (start + before) // freq
+        with self._lock:
+            self._means[after] = loss
+            pairs = []
+            if before == 0:
+                pairs.append((0, 0.0, after, loss))
+            elif before in self._means:
+                pairs.append((before, self._means[before], after, loss))
+            following = (
+                after + spe if self._steps is None else min(after + spe, self._steps)
+            )
+            if following in self._means and following > after:
+                pairs.append((after, loss, following, self._means[following]))
+            for old in [k for k in self._means if k < after - 64 * spe]:
+                del self._means[old]
+        writer = self._writer
+        if write and writer is not None:
+            values = {"batch_running_loss": loss}
+            if self._steps:
+                values["epoch"] = self._global_epoch + after / self._steps
+            writer.scalars(values, step=step)
+        for count_before, mean_before, count_after, mean_after in pairs:
+            self._on_window_loss(count_before, mean_before, count_after, mean_after)
+
+    def _on_window_loss(self, count_before, mean_before, count_after, mean_after):
+        if self._steps is not None and count_after >= self._steps:
+            return  # the epoch's last batch may be smaller: no exact recovery
+        value = window_mean_loss(count_before, mean_before, count_after, mean_after)
+        start = self._epoch_start_step
+        step = start + count_after
+        batches = count_after - count_before
+        with self._lock:
+            if self.initial_loss is None and count_before == 0:
+                self.initial_loss = value
+            self._points.append((step, value, batches))
+        freq = self.update_freq
+        if (
+            freq == "epoch"
+            or (start + count_after) // freq <= (start + count_before) // freq
+        ):
+            return
+        writer = self._writer
+        if writer is None:
+            return
+        tag = "batch_loss" if self._steps_per_execution == 1 else "window_loss"
+        values = {tag: value}
+        log10 = log10_or_none(value)
+        if log10 is not None:
+            values[f"{tag}_log10"] = log10
+        writer.scalars(values, step=step)
+
+    def _on_non_finite(self, loss, step):
+        with self._lock:
+            if self._nan_seen:
+                return
+            self._nan_seen = True
+        if self.stop_on_nan and self._model is not None:
+            self._model.stop_training = True
+        self.context.report(
+            dynamics.loss_nan(
+                loss, step=step, epoch=self._global_epoch, stopping=self.stop_on_nan
+            )
+        )
+        self.context.flush()
+
+    def _record_history(self, g, train, val):
+        names = set(self.history) | set(train) | {f"val_{n}" for n in val}
+        for name in names:
+            series = self.history.setdefault(name, [])
+            series.extend([None] * (self.epochs_seen - len(series)))
+            if name.startswith("val_"):
+                series.append(val.get(name[4:]))
+            else:
+                series.append(train.get(name))
+
+    def _judge_epoch(self, epoch, train):
+        step = self.context.step
+        g = self._global_epoch
+        loss = train.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self._on_non_finite(loss, step)
+            return
+        if self._nan_seen:
+            return
+        with self._lock:
+            points = list(self._points)
+        losses = [p[1] for p in points]
+        findings = [
+            dynamics.loss_diverging(
+                self.history.get("loss", ()),
+                self.initial_loss,
+                losses[-_RECENT_FOR_DIVERGENCE:],
+                step=step,
+                epoch=g,
+            ),
+            dynamics.loss_plateau(
+                self.history.get("loss", ()),
+                self.initial_loss,
+                steps_seen=step,
+                step=step,
+                epoch=g,
+            ),
+            dynamics.loss_noisy(
+                losses,
+                self.initial_loss,
+                steps=[p[0] for p in points],
+                step=step,
+                epoch=g,
+                batches_per_point=self._steps_per_execution,
+            ),
+        ]
+        score = _accuracy_name(self.history)
+        findings.append(
+            dynamics.overfitting(
+                self.history.get("loss", ()),
+                self.history.get("val_loss", ()),
+                self.history.get(score, ()) if score else (),
+                self.history.get(f"val_{score}", ()) if score else (),
+                metric=score or "accuracy",
+                step=step,
+                epoch=g,
+            )
+        )
+        for finding in findings:
+            if finding is not None:
+                self.context.report(finding)
+
+
+def _reraise(error):
+    raise error

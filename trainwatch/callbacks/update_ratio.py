@@ -1,0 +1,312 @@
+"""`UpdateRatio`: the update-to-parameter ratio `‖ΔW‖ / ‖W‖` of every variable.
+
+The update is what the optimizer actually applied in a step: the weights are
+read at the beginning of a sampled step and at the beginning of the next one
+(or at the epoch's end). Both reads happen in `on_train_batch_begin`, which
+Keras always calls on the main thread before the step runs, so this callback
+adds no batch-end hook and leaves Keras's asynchronous callback dispatch on.
+The reduction runs on the device with `keras.ops`: two sums of squares per
+variable, stacked into one small vector that is moved to the host one sample
+later, once it is long computed (no device sync in the training loop).
+
+On JAX the weights of a running epoch live in the trainer's state (the model's
+variables are synced only at epoch ends); they are read from there without a
+sync, and the sampled step's starting weights are copied on the device because
+JAX donates them to the next step.
+
+Sampling: the steps 1, 2, 4, 8, … below `update_freq`, then every
+`update_freq`-th step. With `steps_per_execution = s > 1` the weights are
+visible only every `s` steps: the ratio of the `s`-step update, divided by
+`s`, is logged (the per-step average for updates that point the same way, a
+lower bound otherwise).
+
+What it writes, in `train`, x-axis in global steps: `update_ratio/<variable
+path>` and `update_ratio_layer/<layer path>` as log10 of the ratio (variables
+whose weights are all zero, such as biases at initialization, are skipped
+until they are not), and the band `update_ratio_band/{low,healthy,high}`; a
+custom-scalars layout (Custom Scalars tab) charts the layers against the
+shaded healthy band.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from keras import ops
+
+from trainwatch.callbacks.base import Monitor
+from trainwatch.numerics import update_ratio as ur
+from trainwatch.rules import dynamics
+
+__all__ = ["UpdateRatio"]
+
+_HISTORY = 20
+
+
+def _is_sample_step(step, freq):
+    """Steps 1, 2, 4, 8, … below `freq`, then every multiple of `freq`."""
+    if step < 1:
+        return False
+    if step % freq == 0:
+        return True
+    return step < freq and step & (step - 1) == 0
+
+
+def _positive(name, value):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(
+            f"Expected `{name}` to be a positive number. Received: {name}={value!r}"
+        )
+    return number
+
+
+class UpdateRatio(Monitor):
+    """Logs `‖ΔW‖ / ‖W‖` per variable and per layer; flags a learning rate far off.
+
+    A healthy ratio is about 1e-3 (CS231n): far below, the learning rate is
+    too low; far above, too high. Sustained ratios beyond `warn_below` or
+    `warn_above` (median of the last 5 samples of a weight variable; biases and
+    other 1-D variables are charted but not judged) raise `update_ratio_low`
+    or `update_ratio_high`, with the factor to change the learning rate by.
+    Ratios that collapse after being too high (a network knocked dead by huge
+    steps) do not raise `update_ratio_low`.
+
+    Args:
+        log_dir: Directory for TensorBoard logs, or `None` to only report
+            findings. Defaults to `None`.
+        update_freq: Measure every this many steps (plus the steps 1, 2, 4, …
+            below it, to see the first updates). Each measurement costs two
+            weight-sized reductions on the device. Defaults to `50`.
+        band: `(low, high)` ratios of the healthy band drawn in TensorBoard.
+            Defaults to `(1e-4, 1e-2)`.
+        warn_below: Sustained ratio below which `update_ratio_low` is raised.
+            Defaults to `3e-5`.
+        warn_above: Sustained ratio above which `update_ratio_high` is raised.
+            Defaults to `1e-1`.
+        verbose: 0 silent, 1 print each new warning or error finding.
+            Defaults to `1`.
+
+    Raises:
+        ValueError: If `update_freq` is not a positive integer, or the band or
+            thresholds are not positive and ordered.
+
+    Example:
+
+    ```python
+    ratios = trainwatch.UpdateRatio("runs/exp1", update_freq=50)
+    model.fit(x, y, epochs=5, callbacks=[ratios])
+    ratios.latest   # {'sequential/dense/kernel': 0.0012, ...}
+    ```
+    """
+
+    def __init__(
+        self,
+        log_dir=None,
+        update_freq=50,
+        band=(1e-4, 1e-2),
+        warn_below=3e-5,
+        warn_above=1e-1,
+        verbose=1,
+    ):
+        super().__init__(log_dir=log_dir, verbose=verbose)
+        if (
+            isinstance(update_freq, bool)
+            or not isinstance(update_freq, (int, np.integer))
+            or update_freq < 1
+        ):
+            raise ValueError(
+                "Expected `update_freq` to be a positive integer (steps). "
+                f"Received: update_freq={update_freq!r}"
+            )
+        try:
+            low, high = band
+        except (TypeError, ValueError):
+            low = high = None
+        if low is None or not (_positive("band[0]", low) < _positive("band[1]", high)):
+            raise ValueError(
+                f"Expected `band` to be (low, high) with 0 < low < high. "
+                f"Received: band={band!r}"
+            )
+        below = _positive("warn_below", warn_below)
+        above = _positive("warn_above", warn_above)
+        if below >= above:
+            raise ValueError(
+                "Expected `warn_below` < `warn_above`. "
+                f"Received: warn_below={warn_below!r}, warn_above={warn_above!r}"
+            )
+        self.update_freq = int(update_freq)
+        self.band = (float(low), float(high))
+        self.warn_below = below
+        self.warn_above = above
+        self.history: dict[str, list[float]] = {}
+        self.latest: dict[str, float] = {}
+        self.latest_by_layer: dict[str, float] = {}
+        self._variables = []
+        self._paths = []
+        self._judged = []
+        self._snapshot = None  # (step after, steps spanned, epoch, [copies])
+        self._pending = []  # [(step, epoch, steps spanned, device vector)]
+        self._epoch_start_step = 0
+        self._spe = 1
+        self._steps = None
+        self._learning_rate = None
+        self._layout_written = False
+        self._seen_high = False
+
+    # -- Keras hooks ---------------------------------------------------------
+    def begin(self):
+        model = self._model
+        self._variables = list(model.trainable_variables)
+        self._paths = [v.path for v in self._variables]
+        weights = [p for v, p in zip(self._variables, self._paths) if len(v.shape) > 1]
+        self._judged = weights or list(self._paths)
+        self._spe = max(1, int(getattr(model, "steps_per_execution", 1) or 1))
+        steps = (self.params or {}).get("steps")
+        self._steps = int(steps) if steps else None
+        self._snapshot = None
+        self._learning_rate = _current_learning_rate(model)
+        self._write_layout()
+
+    def epoch_begin(self, epoch):
+        self._epoch_start_step = self.context.step
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self.disabled and self._variables:
+            self.guard("update_ratio", self._batch_begin, int(batch))
+
+    def epoch_end(self, epoch, logs):
+        if self._snapshot is not None:
+            # The epoch's end: JAX has synced the model's variables by now.
+            self._complete([v.value for v in self._variables])
+        self._resolve()
+
+    def end(self, logs):
+        self._snapshot = None
+        self._resolve()
+
+    # -- internals -----------------------------------------------------------
+    def _batch_begin(self, batch):
+        steps_done = self._epoch_start_step + batch
+        if self._owns_context and steps_done > self.context.step:
+            self.context.step = steps_done
+        values = None
+        if self._snapshot is not None:
+            values = self._current_values()
+            self._complete(values)
+        spanned = self._spe
+        if self._steps is not None:
+            spanned = max(1, min(spanned, self._steps - batch))
+        if any(
+            _is_sample_step(t, self.update_freq)
+            for t in range(steps_done + 1, steps_done + spanned + 1)
+        ):
+            values = values if values is not None else self._current_values()
+            copies = [ops.copy(ops.stop_gradient(v)) for v in values]
+            self._snapshot = (steps_done + spanned, spanned, self.context.epoch, copies)
+
+    def _current_values(self):
+        """The trainable weights now, without syncing JAX's state to the model."""
+        model = self._model
+        state = getattr(model, "_jax_state", None)
+        if state and not getattr(model, "_jax_state_synced", True):
+            values = state.get("trainable_variables")
+            if values is not None and len(values) == len(self._variables):
+                return list(values)
+        return [v.value for v in self._variables]
+
+    def _complete(self, values):
+        """Reduces the sampled update on the device; the host sees it later."""
+        step, spanned, epoch, before = self._snapshot
+        self._snapshot = None
+        self._resolve()  # the earlier samples are long computed by now
+        sums = []
+        for old, new in zip(before, values):
+            old = ops.cast(old, "float32")
+            new = ops.cast(ops.stop_gradient(new), "float32")
+            sums.append(ops.sum(ops.square(ops.subtract(new, old))))
+            sums.append(ops.sum(ops.square(old)))
+        self._pending.append((step, epoch, spanned, ops.stack(sums)))
+
+    def _resolve(self):
+        pending, self._pending = self._pending, []
+        for step, epoch, spanned, vector in pending:
+            sums = np.asarray(ops.convert_to_numpy(vector), dtype=np.float64)
+            self._record(step, epoch, spanned, sums[0::2], sums[1::2])
+
+    def _record(self, step, epoch, spanned, sq_update, sq_param):
+        per_variable = ur.ratios(sq_update, sq_param, spanned)
+        per_layer = ur.layer_ratios(self._paths, sq_update, sq_param, spanned)
+        values = {}
+        for path, ratio in zip(self._paths, per_variable):
+            ratio = float(ratio)
+            self.latest[path] = ratio
+            series = self.history.setdefault(path, [])
+            series.append(ratio)
+            del series[:-_HISTORY]
+            if math.isfinite(ratio) and ratio > 0:
+                values[f"update_ratio/{path}"] = math.log10(ratio)
+        for layer, ratio in per_layer.items():
+            self.latest_by_layer[layer] = ratio
+            if math.isfinite(ratio) and ratio > 0:
+                values[f"update_ratio_layer/{layer}"] = math.log10(ratio)
+        writer = self.context.writer("train")
+        if writer is not None and values:
+            low, high = self.band
+            values["update_ratio_band/low"] = math.log10(low)
+            values["update_ratio_band/healthy"] = math.log10(ur.HEALTHY_RATIO)
+            values["update_ratio_band/high"] = math.log10(high)
+            writer.scalars(values, step=step)
+        findings = dynamics.update_ratio_findings(
+            {path: self.history.get(path, ()) for path in self._judged},
+            step=step,
+            epoch=epoch,
+            low=self.warn_below,
+            high=self.warn_above,
+            learning_rate=self._learning_rate,
+        )
+        for finding in findings:
+            if finding.code == "update_ratio_high":
+                self._seen_high = True
+            elif self._seen_high:
+                # Ratios that collapse after steps far too large mean a network
+                # knocked dead (dead ReLUs), not a learning rate too low.
+                continue
+            self.context.report(finding)
+
+    def _write_layout(self):
+        writer = self.context.writer("train")
+        if writer is None or self._layout_written:
+            return
+        layers = list(dict.fromkeys(ur.layer_of(p) for p in self._paths))
+        band = ("update_ratio_band/healthy", "update_ratio_band/low")
+        band = band + ("update_ratio_band/high",)
+        layer_series = [(f"update_ratio_layer/{layer}",) * 3 for layer in layers]
+        writer.custom_scalars_layout(
+            {
+                "update ratio (log10 |dW|/|W|, healthy about -3)": {
+                    "layers against the healthy band": {
+                        "margin": [band, *layer_series]
+                    },
+                    "layers": ["^update_ratio_layer/", "^update_ratio_band/"],
+                    "variables": ["^update_ratio/", "^update_ratio_band/"],
+                }
+            }
+        )
+        self._layout_written = True
+
+
+def _current_learning_rate(model):
+    """The optimizer's learning rate as a float, or `None` (e.g. a schedule)."""
+    optimizer = getattr(model, "optimizer", None)
+    rate = getattr(optimizer, "_learning_rate", None)
+    if rate is None or callable(rate):
+        return None
+    try:
+        return float(ops.convert_to_numpy(rate))
+    except Exception:
+        return None
