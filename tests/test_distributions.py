@@ -258,5 +258,9 @@ def test_arguments_are_checked():
         Distributions(probe=(np.zeros((4, 2)),))
     with pytest.raises(ValueError, match=r"Received: histogram_freq=-1"):
         Distributions(probe=(np.zeros((4, 2)), np.zeros(4)), histogram_freq=-1)
+    with pytest.raises(ValueError, match=r"Received: dead_threshold=0"):
+        Distributions(probe=(np.zeros((4, 2)), np.zeros(4)), dead_threshold=0)
+    with pytest.raises(ValueError, match=r"Received: gradient_ratio=0.5"):
+        Distributions(probe=(np.zeros((4, 2)), np.zeros(4)), gradient_ratio=0.5)
     with pytest.raises(TypeError, match=r"Received: max_features=1.5"):
         Distributions(probe=(np.zeros((4, 2)), np.zeros(4)), max_features=1.5)

@@ -61,7 +61,7 @@ def test_norms_and_moments():
 
 def test_dead_units_rule_thresholds_and_severity():
     findings = rules.dead_units(
-        {"a": (64, 64), "b": (20, 64), "c": (5, 64), "d": (0, 0)}, step=3, epoch=1
+        {"a": (64, 64), "b": (30, 64), "c": (20, 64), "d": (0, 0)}, step=3, epoch=1
     )
     assert [(f.where, f.severity) for f in findings] == [
         ("a", "error"),

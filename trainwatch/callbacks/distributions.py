@@ -273,8 +273,26 @@ def measure_distributions(model, x, y, sample_weight=None, max_features=4096):
     return layers, variables
 
 
-def distribution_findings(layers, step=None, epoch=None) -> list:
+def distribution_findings(
+    layers,
+    step=None,
+    epoch=None,
+    dead_threshold=0.4,
+    saturated_threshold=0.25,
+    gradient_ratio=100.0,
+) -> list:
     """The findings of the layer rules on `measure_distributions`'s layers.
+
+    Args:
+        layers: `LayerDistribution`s from `measure_distributions`.
+        step, epoch: When they were measured. Default to `None`.
+        dead_threshold: Share of dead units that makes a ReLU layer a
+            `dead_units` finding. Defaults to `0.4`.
+        saturated_threshold: Share of saturated units that makes a hidden
+            tanh/sigmoid layer a `saturated_units` finding. Defaults to `0.25`.
+        gradient_ratio: Ratio of RMS weight gradients between an earlier and a
+            later layer that counts as vanishing (or, inverted, exploding).
+            Defaults to `100.0`.
 
     Returns:
         A list of `Finding`s: `dead_units`, `saturated_units`,
@@ -295,9 +313,15 @@ def distribution_findings(layers, step=None, epoch=None) -> list:
         if d.kernel_gradient_rms is not None
     ]
     return (
-        rules.dead_units(dead, step=step, epoch=epoch)
-        + rules.saturated_units(saturated, activations, step=step, epoch=epoch)
-        + rules.gradient_depth(depth, step=step, epoch=epoch)
+        rules.dead_units(dead, step=step, epoch=epoch, warn_fraction=dead_threshold)
+        + rules.saturated_units(
+            saturated,
+            activations,
+            step=step,
+            epoch=epoch,
+            warn_fraction=saturated_threshold,
+        )
+        + rules.gradient_depth(depth, step=step, epoch=epoch, factor=gradient_ratio)
     )
 
 
@@ -360,11 +384,12 @@ class Distributions(Monitor):
       `gradient_norm/` (of the layer's weights), `dead_fraction/` (ReLU) and
       `saturated_fraction/` (tanh, sigmoid, hidden layers) `<layer>`.
 
-    Findings: `dead_units` (a quarter or more of a ReLU layer's units are zero
-    for every probe example), `saturated_units` (a quarter or more of a hidden
-    tanh/sigmoid layer's units are near its bounds for 90% of the examples),
-    `vanishing_gradients` and `exploding_gradients` (the RMS weight gradient of
-    an earlier layer is 100 times smaller or larger than a later one's).
+    Findings: `dead_units` (`dead_threshold` or more of a ReLU layer's units
+    are zero for every probe example), `saturated_units` (`saturated_threshold`
+    or more of a hidden tanh/sigmoid layer's units are near its bounds for 90%
+    of the examples), `vanishing_gradients` and `exploding_gradients` (the RMS
+    weight gradient of an earlier layer is `gradient_ratio` times smaller or
+    larger than a later one's).
 
     The model, its optimizer and its random state are never changed: training
     gives the same weights with and without this callback.
@@ -380,6 +405,12 @@ class Distributions(Monitor):
             outputs are sampled (the same positions for every example, all
             channels of a position), which bounds memory. Defaults to `4096`.
         buckets: Histogram buckets. Defaults to `30`.
+        dead_threshold: Share of a ReLU layer's units that must be dead for a
+            finding. Defaults to `0.4`.
+        saturated_threshold: Share of a hidden tanh/sigmoid layer's units that
+            must be saturated for a finding. Defaults to `0.25`.
+        gradient_ratio: Ratio of RMS weight gradients across depth that counts
+            as vanishing or exploding. Defaults to `100.0`.
         verbose: 0 silent, 1 print new findings. Defaults to `1`.
 
     Raises:
@@ -399,6 +430,9 @@ class Distributions(Monitor):
         histogram_freq=1,
         max_features=4096,
         buckets=30,
+        dead_threshold=0.4,
+        saturated_threshold=0.25,
+        gradient_ratio=100.0,
         verbose=1,
     ):
         super().__init__(log_dir=log_dir, verbose=verbose)
@@ -406,6 +440,24 @@ class Distributions(Monitor):
         self.histogram_freq = _check_int("histogram_freq", histogram_freq, 0)
         self.max_features = _check_int("max_features", max_features, 1)
         self.buckets = _check_int("buckets", buckets, 1)
+        for name, value in (
+            ("dead_threshold", dead_threshold),
+            ("saturated_threshold", saturated_threshold),
+        ):
+            if not 0.0 < value <= 1.0:
+                raise ValueError(
+                    f"`{name}` must be in (0, 1]. Received: {name}={value!r}"
+                )
+        if not gradient_ratio > 1.0:
+            raise ValueError(
+                "`gradient_ratio` must be greater than 1. "
+                f"Received: gradient_ratio={gradient_ratio!r}"
+            )
+        self.thresholds = {
+            "dead_threshold": dead_threshold,
+            "saturated_threshold": saturated_threshold,
+            "gradient_ratio": gradient_ratio,
+        }
         self.last_layers = None
         self.last_variables = None
 
@@ -428,7 +480,10 @@ class Distributions(Monitor):
         writer = self.context.writer("train")
         if writer is not None:
             self._write(writer, layers, variables, step)
-        for finding in distribution_findings(layers, step, self.context.epoch):
+        findings = distribution_findings(
+            layers, step, self.context.epoch, **self.thresholds
+        )
+        for finding in findings:
             self.context.report(finding)
 
     def _write(self, writer, layers, variables, step):

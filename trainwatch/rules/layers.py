@@ -73,7 +73,7 @@ def dead_units(
     counts: Mapping[str, tuple[int, int]],
     step=None,
     epoch=None,
-    warn_fraction=0.25,
+    warn_fraction=0.4,
 ) -> list[Finding]:
     """Flags layers where many ReLU units are zero for every probe example.
 
@@ -81,7 +81,8 @@ def dead_units(
         counts: `{layer path: (dead units, units)}` for ReLU-family layers.
         step, epoch: When the measurement was taken. Default to `None`.
         warn_fraction: Share of dead units that raises a warning; a layer
-            whose units are all dead is an error. Defaults to `0.25`.
+            whose units are all dead is an error. Defaults to `0.4` (a
+            well-trained, over-sized layer often carries 10-30% dead units).
 
     Returns:
         One `dead_units` finding per layer at or above `warn_fraction`.
