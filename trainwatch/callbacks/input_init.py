@@ -29,7 +29,7 @@ from trainwatch.numerics import init_stats, input_stats
 from trainwatch.rules import initialization, inputs
 
 # Examples used for the forward pass (the input statistics read more).
-FORWARD_EXAMPLES = 256
+FORWARD_EXAMPLES = 64
 
 _WEIGHTED = tuple(
     getattr(keras.layers, name)
@@ -110,7 +110,7 @@ class InputAndInitChecks(Monitor):
             as given to `fit` (only `x` is read). Several inputs as a list or
             dict. A few hundred to a few thousand examples of the training set
             are plenty; statistics read at most 10 million numbers per input
-            and the forward pass uses the first 256 examples. `None` checks
+            and the forward pass uses the first 64 examples. `None` checks
             the weights' variance only. Defaults to `None`.
         verbose: 0 silent, 1 print new warnings. Defaults to 1.
 
@@ -463,7 +463,10 @@ def _activation_after(layer, max_hops=4):
 
 
 class _InputRecorder:
-    """Patches layers' `call` to record the tensor entering each, once."""
+    """Patches layers' `call` to record the RMS of the tensor entering each.
+
+    Only a scalar per layer is kept (on the device), not the activations.
+    """
 
     def __init__(self, layers):
         self.layers = layers
@@ -487,16 +490,22 @@ class _InputRecorder:
                 value = args[0] if args else kwargs.get("inputs")
                 leaves = keras.tree.flatten(value) if value is not None else []
                 if leaves:
-                    self.entering[key] = leaves[0]
+                    self.entering[key] = _rms(leaves[0])
             return original(*args, **kwargs)
 
         return call
 
 
+def _rms(tensor):
+    tensor = keras.ops.cast(tensor, "float32")
+    return keras.ops.sqrt(keras.ops.mean(keras.ops.square(tensor)))
+
+
 def _signal_entering(model, x, layers):
     """`[(layer path, RMS of its input)]` on a batch, in call order (stateless)."""
     batch = _forward_batch(x)
-    trainable = [v.value for v in model.trainable_variables]
+    # Constants, not variables: no autograd graph (PyTorch) keeps activations.
+    trainable = [keras.ops.stop_gradient(v.value) for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
     kwargs = (
         {"training": False} if getattr(model, "_call_has_training_arg", False) else {}
@@ -505,8 +514,8 @@ def _signal_entering(model, x, layers):
         model.stateless_call(trainable, non_trainable, batch, **kwargs)
     by_id = {id(layer): layer for layer in layers}
     signal = []
-    for key, tensor in recorder.entering.items():
+    for key, value in recorder.entering.items():
         layer = by_id[key]
         name = getattr(layer, "path", None) or layer.name
-        signal.append((name, init_stats.rms(keras.ops.convert_to_numpy(tensor))))
+        signal.append((name, float(keras.ops.convert_to_numpy(value))))
     return signal
