@@ -88,7 +88,7 @@ def test_spread_allowance_is_capped():
     huge_logits = rng.normal(scale=10.0, size=(256, 10))
     huge = el.initial_loss_expectation(el.SPARSE_CATEGORICAL, y, huge_logits, True)
     assert small.spread_allowance == 0.0
-    assert huge.spread_allowance == pytest.approx(1.0)  # cap 2.0, halved
+    assert huge.spread_allowance == pytest.approx(0.5)  # cap 1.0, halved
     loss = el.per_example_loss(el.SPARSE_CATEGORICAL, y, huge_logits, True).mean()
     assert abs(loss - huge.expected) > huge.tolerance
 

@@ -236,7 +236,7 @@ _ASSUMPTIONS = {
 
 
 def initial_loss_expectation(
-    kind, y_true, y_pred, from_logits=False, rtol=0.1, spread_cap=2.0
+    kind, y_true, y_pred, from_logits=False, rtol=0.1, spread_cap=1.0
 ) -> InitialLossExpectation:
     """The expected initial loss for these labels and a tolerance for them.
 
@@ -248,8 +248,8 @@ def initial_loss_expectation(
         rtol: Relative part of the tolerance. Defaults to `0.1`.
         spread_cap: Largest output spread (logit variance across classes, or
             mean squared logit) still counted as normal for an initialized
-            network; about what Glorot or He initialization gives on
-            standardized inputs. Defaults to `2.0`.
+            network: unit-variance logits, about what Glorot or He
+            initialization gives on standardized inputs. Defaults to `1.0`.
 
     Returns:
         An `InitialLossExpectation`.

@@ -1,0 +1,325 @@
+"""Sanity checks before training: initial loss, regularization, tiny overfit."""
+
+import random
+
+import keras
+import numpy as np
+import pytest
+from keras.src.random.seed_generator import global_seed_generator
+
+from trainwatch.backends import model_copy
+from trainwatch.callbacks.sanity_check import TEXT_TAG, SanityCheck
+from trainwatch.sanity import SanityReport, describe_loss, sanity_check
+from trainwatch.tensorboard import read_events
+
+FEATURES, CLASSES = 12, 4
+FAST = {"overfit_steps": 150, "verbose": 0}
+
+
+def _data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, FEATURES)).astype("float32")
+    y = rng.integers(0, CLASSES, size=n)
+    return x, y
+
+
+def _classifier(output_activation="softmax", regularize=True, **output_kwargs):
+    reg = keras.regularizers.L2(1e-3) if regularize else None
+    model = keras.Sequential(
+        [
+            keras.Input((FEATURES,)),
+            keras.layers.Dense(32, activation="relu", kernel_regularizer=reg),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(CLASSES, activation=output_activation, **output_kwargs),
+        ]
+    )
+    return model
+
+
+def _codes(report):
+    return [f.code for f in report.findings]
+
+
+def test_correct_classifier_passes_all_three():
+    x, y = _data()
+    model = _classifier()
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    report = sanity_check(model, x, y, **FAST)
+    assert isinstance(report, SanityReport)
+    assert [(c.name, c.status) for c in report] == [
+        ("initial_loss", "passed"),
+        ("regularization", "passed"),
+        ("overfit", "passed"),
+    ]
+    assert report.passed and report.findings == []
+    initial = report["initial_loss"].values
+    assert initial["expected"] == pytest.approx(np.log(CLASSES))
+    assert abs(initial["loss"] - initial["expected"]) <= initial["tolerance"]
+    regularization = report["regularization"].values
+    assert regularization["regularization_after"] == pytest.approx(
+        10 * regularization["regularization_before"], rel=1e-4
+    )
+    overfit = report["overfit"].values
+    assert overfit["examples"] == 20
+    assert (
+        overfit["last_loss"]
+        <= overfit["target"]
+        == pytest.approx(0.02 * overfit["first_loss"])
+    )
+    text = str(report)
+    assert "initial_loss" in text and "ln(4) = 1.386" in text
+    assert report.to_dict()["checks"][2]["status"] == "passed"
+
+
+def test_biased_output_layer_raises_initial_loss_unexpected():
+    x, y = _data()
+    model = _classifier(output_activation=None)
+    model.layers[-1].bias.assign(np.array([8.0, 0.0, 0.0, -8.0]))  # a large bias
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile("adam", loss)
+    report = sanity_check(model, x, y, checks=["initial_loss"], verbose=0)
+    assert _codes(report) == ["initial_loss_unexpected"]
+    values = report["initial_loss"].values
+    assert values["loss"] - values["expected"] > values["tolerance"]
+    message = report.findings[0].message
+    assert f"{values['loss']:.4g}" in message and "ln(4) = 1.386" in message
+    assert "output bias" in report.findings[0].advice
+
+
+def test_softmax_outputs_with_from_logits_raise_initial_loss_unexpected():
+    x, y = _data()
+    model = _classifier(regularize=False)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile("adam", loss)
+    assert describe_loss(model).from_logits
+    report = sanity_check(model, x, y, checks=["initial_loss"], verbose=0)
+    assert _codes(report) == ["initial_loss_unexpected"]
+    assert "from_logits=True" in report.findings[0].message
+
+
+def test_logits_without_from_logits_and_one_hot_labels_are_reported():
+    x, y = _data()
+    model = _classifier(output_activation=None, regularize=False)
+    model.compile("adam", "categorical_crossentropy")
+    report = sanity_check(model, x, y, checks=["initial_loss"], verbose=0)
+    message = report.findings[0].message
+    assert "outside [0, 1]" in message and "sparse_categorical_crossentropy" in message
+
+
+def test_frozen_bottleneck_cannot_overfit():
+    x, y = _data()
+    model = keras.Sequential(
+        [
+            keras.Input((FEATURES,)),
+            keras.layers.Dense(1, trainable=False),  # frozen one-unit bottleneck
+            keras.layers.Dense(CLASSES, activation="softmax"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    report = sanity_check(model, x, y, checks=["overfit"], overfit_steps=60, verbose=0)
+    assert _codes(report) == ["cannot_overfit_small_subset"]
+    attempts = report["overfit"].values["attempts"]
+    assert [a["learning_rate"] for a in attempts] == pytest.approx([1e-2, 1e-1])
+    assert not any(a["reached"] for a in attempts)
+    assert "too little capacity" in report.findings[0].advice
+
+
+class NegativeL2(keras.regularizers.Regularizer):
+    def __init__(self, l2=0.01):
+        self.l2 = l2
+
+    def __call__(self, x):
+        return -self.l2 * keras.ops.sum(keras.ops.square(x))
+
+
+class ConstantPenalty(keras.regularizers.Regularizer):
+    def __init__(self, factor=0.01):
+        self.factor = factor
+
+    def __call__(self, x):
+        return keras.ops.convert_to_tensor(0.5)
+
+
+@pytest.mark.parametrize("regularizer", [NegativeL2(), ConstantPenalty()])
+def test_bad_regularizer_raises_regularization_not_increasing_loss(regularizer):
+    x, y = _data()
+    model = keras.Sequential(
+        [
+            keras.Input((FEATURES,)),
+            keras.layers.Dense(8, activation="relu", kernel_regularizer=regularizer),
+            keras.layers.Dense(CLASSES, activation="softmax", bias_regularizer="l2"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    report = sanity_check(model, x, y, checks=["regularization"], verbose=0)
+    assert _codes(report) == ["regularization_not_increasing_loss"]
+    finding = report.findings[0]
+    assert finding.severity == "error"
+    assert finding.where == model.layers[0].kernel.path  # the L2 bias is not blamed
+    values = report["regularization"].values
+    assert values["regularization_after"] <= values["regularization_before"]
+
+
+def test_no_regularizers_and_unknown_loss_are_skipped():
+    x, y = _data()
+    model = _classifier(regularize=False)
+    model.compile("adam", keras.losses.CategoricalFocalCrossentropy())
+    report = sanity_check(
+        model,
+        x,
+        keras.utils.to_categorical(y, CLASSES),
+        checks=["initial_loss", "regularization"],
+        verbose=0,
+    )
+    assert [c.status for c in report] == ["skipped", "skipped"]
+    assert "unknown loss" in report["initial_loss"].summary
+    assert report["regularization"].summary == "no regularizers: skipped"
+
+
+def test_binary_and_mean_squared_error_expectations():
+    x, y = _data()
+    binary = keras.Sequential(
+        [keras.Input((FEATURES,)), keras.layers.Dense(1, activation="sigmoid")]
+    )
+    binary.compile("adam", "binary_crossentropy")
+    report = sanity_check(binary, x, y % 2, checks=["initial_loss"], verbose=0)
+    assert report["initial_loss"].status == "passed"
+    assert report["initial_loss"].values["expected"] == pytest.approx(np.log(2))
+    regression = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(1)])
+    regression.compile("adam", "mse")
+    targets = np.random.default_rng(4).normal(size=(64, 1)).astype("float32") * 3
+    report = sanity_check(regression, x, targets, checks=["initial_loss"], verbose=0)
+    values = report["initial_loss"].values
+    assert report["initial_loss"].status == "passed"
+    assert values["expected"] == pytest.approx(np.mean(targets**2), rel=1e-5)
+    assert "zero-mean output" in values["assumption"]
+
+
+def _state(model):
+    weights = [np.array(w) for w in model.get_weights()]
+    optimizer = [
+        np.array(keras.ops.convert_to_numpy(v)) for v in model.optimizer.variables
+    ]
+    return weights, optimizer
+
+
+def test_user_model_optimizer_and_random_state_untouched():
+    x, y = _data()
+    model = _classifier()
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)  # optimizer slots exist
+    weights, optimizer = _state(model)
+    keras.random.uniform((1,))  # the global seed generator exists
+    generator = global_seed_generator()
+    generator_state = np.array(keras.ops.convert_to_numpy(generator.state.value))
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+
+    sanity_check(model, x, y, **FAST)
+
+    after_weights, after_optimizer = _state(model)
+    for before, after in zip(weights + optimizer, after_weights + after_optimizer):
+        np.testing.assert_array_equal(before, after)
+    assert global_seed_generator() is generator
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(generator.state.value), generator_state
+    )
+    assert random.getstate() == python_state
+    assert np.random.get_state()[1].tolist() == numpy_state[1].tolist()
+
+
+def _seeded_run(with_check, callback_dir=None):
+    keras.utils.set_random_seed(7)
+    x, y = _data(seed=7)
+    model = _classifier()
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    callbacks = []
+    if with_check == "function":
+        sanity_check(model, x, y, **FAST)
+    elif with_check == "callback":
+        callbacks = [
+            SanityCheck(callback_dir, data=(x, y), overfit_steps=150, verbose=0)
+        ]
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=callbacks)
+    draw = keras.ops.convert_to_numpy(keras.random.uniform((3,)))
+    return model.get_weights(), draw, callbacks
+
+
+def test_fit_after_check_matches_fit_without(tmp_path):
+    plain_weights, plain_draw, _ = _seeded_run(None)
+    for mode in ("function", "callback"):
+        weights, draw, callbacks = _seeded_run(mode, tmp_path / mode)
+        for a, b in zip(plain_weights, weights):
+            np.testing.assert_array_equal(a, b, err_msg=f"{mode=}")
+        np.testing.assert_array_equal(plain_draw, draw, err_msg=f"{mode=}")
+    callback = callbacks[0]
+    assert callback.result.passed
+    runs = read_events(str(tmp_path / "callback"))
+    texts = runs["train"].texts[TEXT_TAG]
+    assert "| overfit | passed |" in texts[0].text
+
+
+def test_callback_reports_findings(tmp_path):
+    x, y = _data()
+    model = _classifier(regularize=False)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callback = SanityCheck(tmp_path, data=(x, y), checks=["initial_loss"], verbose=0)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+    codes = [f.code for f in callback.context.findings]
+    assert codes == ["initial_loss_unexpected"]
+
+
+def test_callback_argument_errors():
+    x, y = _data()
+    with pytest.raises(ValueError, match="Received: data=None"):
+        SanityCheck()
+    with pytest.raises(ValueError, match=r"Received: len\(x\)=64, len\(y\)=3"):
+        SanityCheck(data=(x, y[:3]))
+    with pytest.raises(ValueError, match="Received: checks="):
+        SanityCheck(data=(x, y), checks=["initial_los"])
+    with pytest.raises(ValueError, match="Received: kwargs="):
+        SanityCheck(data=(x, y), step=3)
+
+
+def test_sanity_check_argument_errors():
+    x, y = _data()
+    model = _classifier()
+    with pytest.raises(ValueError, match="no loss"):
+        sanity_check(model, x, y)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="Received: subset_size=0"):
+        sanity_check(model, x, y, subset_size=0)
+    with pytest.raises(ValueError, match="Received: overfit_ratio=2"):
+        sanity_check(model, x, y, overfit_ratio=2)
+    with pytest.raises(ValueError, match=r"Received: len\(x\)=64, len\(y\)=10"):
+        sanity_check(model, x, y[:10])
+
+
+class Uncloneable(keras.Model):
+    """A subclassed model whose constructor takes an object config cannot hold."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+        self.hidden = keras.layers.Dense(8, kernel_regularizer="l2")
+        self.out = keras.layers.Dense(CLASSES, activation="softmax")
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def test_subclassed_model_that_cannot_be_cloned_is_skipped_not_crashed():
+    x, y = _data()
+    model = Uncloneable(object())
+    model(x[:1])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.raises(model_copy.CloneUnavailable):
+        model_copy.clone_with_weights(model)
+    report = sanity_check(model, x, y, **FAST)
+    statuses = {c.name: c.status for c in report}
+    assert statuses == {
+        "initial_loss": "passed",
+        "regularization": "passed",
+        "overfit": "skipped",
+    }
+    assert "cannot be copied" in report["overfit"].summary
+    assert "evaluated directly" in report["regularization"].summary

@@ -1,0 +1,418 @@
+"""Copies of a Keras model for experiments that must not touch the original.
+
+The sanity checks train and modify models; they do it on copies made here:
+
+* `clone_with_weights` rebuilds a model from its config, copies its weights
+  and gives every weight and activity regularizer to a function that may keep,
+  replace or drop it (`without_regularizers`, `with_scaled_regularizers`);
+* `copy_optimizer` makes a fresh optimizer of the same class and config;
+* `preserved_random_state` restores Python's, NumPy's and Keras's global
+  random state afterwards, so building and training a copy does not change
+  what the user's run draws next.
+
+Regularizers are set on the copy's variables and layers after it is built
+(never deserialized from config), so custom regularizers need not be
+registered. Backend-neutral Keras code: no framework is imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import numbers
+import random
+
+import keras
+import numpy as np
+
+from trainwatch.backends import get_backend
+
+_REGULARIZER_SUFFIX = "_regularizer"
+_SCALABLE_ATTRIBUTES = ("l1", "l2", "factor")
+_DROPOUT_LAYERS = (
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "AlphaDropout",
+    "GaussianDropout",
+)
+
+
+class CloneUnavailable(RuntimeError):
+    """The model cannot be copied; the message says why."""
+
+
+# -- random state ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def preserved_random_state():
+    """Restores the global random state when the block ends.
+
+    Covers Python's `random`, NumPy's global generator and Keras's global
+    `SeedGenerator` (what `keras.random.*` draws from when given no seed).
+    Layers and initializers created without a seed take their seed from
+    Python's `random`, so building a copy of a model inside this block leaves
+    the user's next draw unchanged.
+
+    Example:
+
+    >>> with preserved_random_state():
+    ...     _ = np.random.rand()
+    """
+    from keras.src.backend.common import global_state
+
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    generator = global_state.get_global_attribute("global_seed_generator")
+    generator_state = None
+    if generator is not None:
+        generator_state = np.array(keras.ops.convert_to_numpy(generator.state.value))
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        global_state.set_global_attribute("global_seed_generator", generator)
+        if generator is not None:
+            generator.state.assign(generator_state)
+
+
+# -- regularizers ------------------------------------------------------------
+
+
+class ScaledRegularizer(keras.regularizers.Regularizer):
+    """`factor` times another regularizer's value (for ones we cannot rescale).
+
+    Example:
+
+    >>> reg = ScaledRegularizer(keras.regularizers.L2(0.5), 10.0)
+    >>> float(reg(keras.ops.ones((2,))))
+    10.0
+    """
+
+    def __init__(self, regularizer, factor):
+        self.regularizer = regularizer
+        self.factor = float(factor)
+
+    def __call__(self, x):
+        return self.factor * self.regularizer(x)
+
+    def get_config(self):
+        return {"factor": self.factor}
+
+
+def scale_regularizer(regularizer, factor):
+    """A copy of `regularizer` with its strength multiplied by `factor`.
+
+    The coefficients `l1`, `l2` and `factor` (Keras's `L1`, `L2`, `L1L2`,
+    `OrthogonalRegularizer`, and custom regularizers that use those names) are
+    scaled on a shallow copy. A regularizer without such an attribute is
+    wrapped in `ScaledRegularizer`, which scales its output.
+
+    Args:
+        regularizer: A regularizer (any callable on a tensor).
+        factor: The multiplier.
+
+    Returns:
+        `(scaled, how)`: the new regularizer and `"coefficients l2"` (the
+        attributes scaled) or `"output"` (wrapped).
+
+    Example:
+
+    >>> scaled, how = scale_regularizer(keras.regularizers.L2(0.01), 10)
+    >>> round(scaled.l2, 6), how
+    (0.1, 'coefficients l2')
+    """
+    scaled = copy.copy(regularizer)
+    names = []
+    for name in _SCALABLE_ATTRIBUTES:
+        value = getattr(regularizer, name, None)
+        if value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, numbers.Number) or hasattr(value, "dtype"):
+            try:
+                setattr(scaled, name, value * factor)
+            except (AttributeError, TypeError):
+                continue
+            names.append(name)
+    if names:
+        return scaled, "coefficients " + ", ".join(names)
+    return ScaledRegularizer(regularizer, factor), "output"
+
+
+def regularizer_sites(model) -> list:
+    """Every regularizer in `model`: `(where, kind, owner, regularizer)` tuples.
+
+    `kind` is `"weight"` (owner: the variable, `where` its path) or `"activity"`
+    (owner: the layer, `where` its path). Only trainable weights are listed:
+    Keras adds regularization losses for those only.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((3,)), keras.layers.Dense(2, kernel_regularizer="l2")])
+    >>> [(where, kind) for where, kind, _, _ in regularizer_sites(model)]
+    [('sequential/dense/kernel', 'weight')]
+    """
+    sites = []
+    for variable in model.trainable_weights:
+        if getattr(variable, "regularizer", None) is not None:
+            sites.append((variable.path, "weight", variable, variable.regularizer))
+    for layer in _all_layers(model):
+        regularizer = getattr(layer, "activity_regularizer", None)
+        if regularizer is not None:
+            where = getattr(layer, "path", None) or layer.name
+            sites.append((where, "activity", layer, regularizer))
+    return sites
+
+
+def _all_layers(model):
+    return list(model._flatten_layers(include_self=True, recursive=True))
+
+
+# -- cloning -----------------------------------------------------------------
+
+
+def _strip_config(config, zero_dropout):
+    """The config with regularizers removed and, if asked, dropout set to 0."""
+    if isinstance(config, dict):
+        out = {}
+        for key, value in config.items():
+            if key.endswith(_REGULARIZER_SUFFIX):
+                out[key] = None
+            elif zero_dropout and key in ("dropout", "recurrent_dropout"):
+                out[key] = 0.0 if isinstance(value, numbers.Number) else value
+            else:
+                out[key] = _strip_config(value, zero_dropout)
+        return out
+    if isinstance(config, list):
+        return [_strip_config(item, zero_dropout) for item in config]
+    return config
+
+
+def _clone_layer_function(zero_dropout):
+    def clone_layer(layer):
+        config = _strip_config(layer.get_config(), zero_dropout)
+        if zero_dropout and type(layer).__name__ in _DROPOUT_LAYERS:
+            config["rate"] = 0.0
+        if zero_dropout and isinstance(layer, keras.layers.GaussianNoise):
+            config["stddev"] = 0.0
+        return layer.__class__.from_config(config)
+
+    return clone_layer
+
+
+def _rebuild(model, zero_dropout, sample_input):
+    if isinstance(model, keras.Sequential) or _is_functional(model):
+        return keras.models.clone_model(
+            model, clone_function=_clone_layer_function(zero_dropout), recursive=True
+        )
+    clone = keras.models.clone_model(model)
+    if not clone.built:
+        build_config = model.get_build_config() if model.built else None
+        if build_config:
+            with contextlib.suppress(Exception):
+                clone.build_from_config(build_config)
+    if not clone.built or len(clone.weights) != len(model.weights):
+        if sample_input is None:
+            raise CloneUnavailable(
+                f"The copy of {model.name!r} could not be built: pass a sample input."
+            )
+        clone(sample_input, **_training_kwargs(clone))
+    return clone
+
+
+def _is_functional(model):
+    from keras.src.models.functional import Functional
+
+    return isinstance(model, Functional)
+
+
+def _training_kwargs(model):
+    if getattr(model, "_call_has_training_arg", False):
+        return {"training": False}
+    return {}
+
+
+def _copy_weights(model, clone):
+    source, target = model.weights, clone.weights
+    if len(source) != len(target):
+        raise CloneUnavailable(
+            f"The copy of {model.name!r} has {len(target)} weights, the model "
+            f"{len(source)}: its `get_config` does not describe it fully, or it "
+            "creates weights outside `build`."
+        )
+    to_numpy = get_backend().to_numpy
+    for src, dst in zip(source, target):
+        if tuple(src.shape) != tuple(dst.shape):
+            raise CloneUnavailable(
+                f"Weight {src.path} has shape {tuple(src.shape)} but its copy "
+                f"{dst.path} has {tuple(dst.shape)}."
+            )
+        dst.assign(np.asarray(to_numpy(src)))
+
+
+def _apply_regularizers(model, clone, regularizer_fn):
+    for src, dst in zip(model.weights, clone.weights):
+        original = getattr(src, "regularizer", None)
+        dst.regularizer = None if original is None else regularizer_fn(original)
+    source_layers, target_layers = _all_layers(model), _all_layers(clone)
+    if len(source_layers) != len(target_layers):
+        raise CloneUnavailable(
+            f"The copy of {model.name!r} has {len(target_layers)} layers, the model "
+            f"{len(source_layers)}."
+        )
+    for src, dst in zip(source_layers, target_layers):
+        original = getattr(src, "activity_regularizer", None)
+        replacement = None if original is None else regularizer_fn(original)
+        if replacement is not None or getattr(dst, "activity_regularizer", None):
+            dst.activity_regularizer = replacement
+
+
+def clone_with_weights(
+    model, regularizer_fn=None, zero_dropout=False, sample_input=None
+):
+    """A new model with the same architecture and weights as `model`.
+
+    Sequential and Functional models (nested ones too) are rebuilt layer by
+    layer from their configs; subclassed models through their `get_config`.
+    The copy is uncompiled and owns its variables: training it leaves `model`
+    as it was.
+
+    Args:
+        model: A built Keras model.
+        regularizer_fn: Maps each of `model`'s regularizers (weight and
+            activity) to the one the copy gets, or to `None` to drop it.
+            Defaults to `None`: keep them all.
+        zero_dropout: Set dropout rates (and `GaussianNoise`) to 0 in the copy.
+            Defaults to `False`.
+        sample_input: A batch to build a subclassed copy with, when its build
+            config is not enough. Defaults to `None`.
+
+    Returns:
+        The copy, a built, uncompiled `keras.Model`.
+
+    Raises:
+        CloneUnavailable: the model cannot be rebuilt from its config (a
+            subclassed model without `get_config`, an unregistered custom
+            layer) or the copy's weights do not match the original's.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> copy_ = clone_with_weights(model)
+    >>> np.allclose(copy_.get_weights()[0], model.get_weights()[0])
+    True
+    """
+    if regularizer_fn is None:
+
+        def regularizer_fn(regularizer):
+            return regularizer
+
+    if not model.built:
+        raise CloneUnavailable(f"Model {model.name!r} is not built.")
+    try:
+        with preserved_random_state():
+            clone = _rebuild(model, zero_dropout, sample_input)
+    except CloneUnavailable:
+        raise
+    except Exception as error:  # any failure to rebuild means "no copy"
+        raise CloneUnavailable(
+            f"Could not rebuild model {model.name!r} from its config "
+            f"({type(error).__name__}: {error}). Give subclassed models and custom "
+            "layers a `get_config()` that lists their constructor arguments."
+        ) from error
+    _copy_weights(model, clone)
+    _apply_regularizers(model, clone, regularizer_fn)
+    return clone
+
+
+def without_regularizers(model, zero_dropout=True, sample_input=None):
+    """A copy of `model` with no regularizers (and, by default, no dropout).
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((3,)), keras.layers.Dense(2, kernel_regularizer="l2")])
+    >>> regularizer_sites(without_regularizers(model))
+    []
+    """
+    return clone_with_weights(
+        model, lambda _: None, zero_dropout=zero_dropout, sample_input=sample_input
+    )
+
+
+def with_scaled_regularizers(model, factor, sample_input=None):
+    """A copy of `model` whose every regularizer is `factor` times stronger.
+
+    Returns:
+        `(copy, hows)`: the copy and, per regularizer, how it was scaled (see
+        `scale_regularizer`).
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((3,)), keras.layers.Dense(2, kernel_regularizer="l2")])
+    >>> stronger, hows = with_scaled_regularizers(model, 10.0)
+    >>> hows
+    ['coefficients l2']
+    """
+    hows = []
+
+    def scale(regularizer):
+        scaled, how = scale_regularizer(regularizer, factor)
+        hows.append(how)
+        return scaled
+
+    clone = clone_with_weights(model, scale, sample_input=sample_input)
+    return clone, hows
+
+
+# -- optimizer ---------------------------------------------------------------
+
+
+def copy_optimizer(optimizer, learning_rate_factor=1.0):
+    """A fresh optimizer of the same class and config (no slots, step 0).
+
+    Args:
+        optimizer: A Keras optimizer, or `None` for a default `Adam`.
+        learning_rate_factor: Multiplies a constant learning rate. Defaults
+            to `1.0`.
+
+    Returns:
+        `(optimizer, learning_rate)`; `learning_rate` is the new constant
+        rate, or `None` for a schedule (which `learning_rate_factor` cannot
+        change: then `factor != 1` raises).
+
+    Raises:
+        ValueError: `learning_rate_factor != 1` with a learning-rate schedule.
+
+    Example:
+
+    >>> opt, lr = copy_optimizer(keras.optimizers.SGD(0.1), learning_rate_factor=10)
+    >>> type(opt).__name__, round(lr, 6)
+    ('SGD', 1.0)
+    """
+    if optimizer is None:
+        optimizer = keras.optimizers.Adam()
+    config = optimizer.get_config()
+    rate = config.get("learning_rate")
+    if isinstance(rate, numbers.Number):
+        rate = float(rate) * learning_rate_factor
+        config["learning_rate"] = rate
+    else:
+        if learning_rate_factor != 1:
+            raise ValueError(
+                "Cannot scale a learning-rate schedule. "
+                f"Received: learning_rate_factor={learning_rate_factor}"
+            )
+        rate = None
+    try:
+        serialized = keras.optimizers.serialize(optimizer)
+        serialized["config"] = config
+        fresh = keras.optimizers.deserialize(serialized)
+    except Exception:  # unregistered custom optimizer: its own from_config
+        fresh = type(optimizer).from_config(config)
+    return fresh, rate

@@ -1,0 +1,116 @@
+"""`SanityCheck`: the pre-training sanity checks, run when `fit` starts."""
+
+from __future__ import annotations
+
+import keras
+
+from trainwatch.callbacks.base import Monitor
+from trainwatch.sanity import CHECKS, sanity_check
+
+TEXT_TAG = "sanity/report"
+
+
+class SanityCheck(Monitor):
+    """Runs `trainwatch.sanity_check` on a batch of data at train begin.
+
+    Checks the initial loss against its expected value (regularization off),
+    that stronger regularizers raise the loss, and that a copy of the model
+    can overfit ~20 examples. The user's model, optimizer and random state are
+    untouched: `fit` continues exactly as it would without this callback. The
+    report goes to TensorBoard's Text tab (tag `sanity/report`) and its
+    findings to the run's findings; `self.result` keeps the `SanityReport`.
+
+    Args:
+        log_dir: Where to write TensorBoard logs, or `None` for no logs.
+            Defaults to `None`.
+        data: `(x, y)`: training examples to check with (the first
+            `batch_size` are used, the first `subset_size` overfitted).
+            Required.
+        checks: Which checks to run, from `("initial_loss", "regularization",
+            "overfit")`. Defaults to all.
+        verbose: 0 silent, 1 print progress, the report and new findings.
+            Defaults to 1.
+        **kwargs: Passed to `trainwatch.sanity_check` (`batch_size`,
+            `subset_size`, `overfit_steps`, `overfit_ratio`,
+            `learning_rate_boost`, `max_seconds`, `rtol`,
+            `regularization_factor`).
+
+    Raises:
+        ValueError: `data` is not an `(x, y)` pair of equal length, or an
+            unknown check or keyword is given.
+
+    Example:
+
+    >>> model.fit(x, y, epochs=5, callbacks=[
+    ...     trainwatch.SanityCheck("runs/exp1", data=(x[:256], y[:256]))])
+    ... # doctest: +SKIP
+    """
+
+    _OPTIONS = (
+        "batch_size",
+        "rtol",
+        "regularization_factor",
+        "subset_size",
+        "overfit_steps",
+        "overfit_ratio",
+        "learning_rate_boost",
+        "max_seconds",
+    )
+
+    def __init__(self, log_dir=None, data=None, checks=CHECKS, verbose=1, **kwargs):
+        super().__init__(log_dir=log_dir, verbose=verbose)
+        if not isinstance(data, (tuple, list)) or len(data) != 2:
+            raise ValueError(
+                "Expected data=(x, y): training inputs and labels to check with. "
+                f"Received: data={_describe(data)}"
+            )
+        lengths = [len(keras.tree.flatten(part)[0]) for part in data]
+        if lengths[0] != lengths[1] or lengths[0] < 1:
+            raise ValueError(
+                "Expected x and y in `data` with the same number of examples, at "
+                f"least one. Received: len(x)={lengths[0]}, len(y)={lengths[1]}"
+            )
+        unknown = [c for c in checks if c not in CHECKS]
+        if unknown or not checks:
+            raise ValueError(
+                f"Expected checks from {CHECKS}. Received: checks={checks!r}"
+            )
+        bad = [key for key in kwargs if key not in self._OPTIONS]
+        if bad:
+            raise ValueError(
+                f"Unknown sanity_check option(s) {bad}; expected some of "
+                f"{self._OPTIONS}. Received: kwargs={kwargs!r}"
+            )
+        self.data = tuple(data)
+        self.checks = tuple(checks)
+        self.options = dict(kwargs)
+        self.result = None
+
+    def begin(self):
+        x, y = self.data
+        self.result = sanity_check(
+            self.model,
+            x,
+            y,
+            checks=self.checks,
+            verbose=self._verbose,
+            **self.options,
+        )
+        writer = self.context.writer("train")
+        if writer is not None:
+            writer.text(TEXT_TAG, self.result.to_markdown(), self.context.step)
+            writer.flush()
+        for finding in self.result.findings:
+            self.report(
+                finding.code,
+                finding.severity,
+                finding.message,
+                finding.advice,
+                where=finding.where,
+            )
+
+
+def _describe(data):
+    if isinstance(data, (tuple, list)):
+        return f"{type(data).__name__} of length {len(data)}"
+    return type(data).__name__

@@ -1,0 +1,773 @@
+"""Sanity checks before training: initial loss, regularization, a tiny overfit.
+
+Three quick experiments that catch bugs before hours of training (the CS231n
+"before learning" checklist):
+
+* **initial loss**: with regularization off (the data part of the loss), an
+  untrained classifier should score about `ln(C)` (`ln 2` per output for
+  binary cross-entropy; `mean(y**2)` for mean squared error with outputs near
+  zero). Outputs that contradict `from_logits` and labels encoded for another
+  loss are reported too.
+* **regularization**: on a copy whose every regularizer is 10 times stronger,
+  the regularization loss must rise.
+* **overfit**: a copy with regularization and dropout off, trained with a
+  fresh optimizer of the same class and config, must drive the loss on ~20
+  examples to near zero within a bounded number of steps (retried once with a
+  10x learning rate).
+
+The user's model, its optimizer and the global random state are untouched: the
+loss is evaluated statelessly and everything that trains or changes runs on
+copies (`trainwatch.backends.model_copy`), inside `preserved_random_state()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from typing import NamedTuple
+
+import keras
+import numpy as np
+
+from trainwatch.backends import get_backend, model_copy
+from trainwatch.backends import model_functions as mf
+from trainwatch.findings import Finding
+from trainwatch.numerics import expected_loss as el
+
+CHECKS = ("initial_loss", "regularization", "overfit")
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+
+_INITIAL_LOSS_ADVICE = (
+    "Usual causes: a large output bias or output scale (start the last layer's "
+    "bias at zero, or at the log of the class frequencies, and keep its weights "
+    "small); a from_logits mismatch (softmax/sigmoid outputs need "
+    "from_logits=False, raw outputs from_logits=True); labels encoded for another "
+    "loss (one-hot labels need categorical_crossentropy, class indices "
+    "sparse_categorical_crossentropy; class indices start at 0; binary labels are "
+    "0/1, not -1/+1)."
+)
+_REGULARIZATION_ADVICE = (
+    "A regularizer must return a non-negative penalty that grows with its "
+    "coefficient: check the sign of custom regularizers and that their `__call__` "
+    "uses their coefficient (`l1`, `l2` or `factor`), and that `add_loss` terms "
+    "are not negative."
+)
+_OVERFIT_ADVICE = (
+    "A working network memorizes 20 examples. If it cannot, look for a bug in the "
+    "model (a frozen or disconnected layer, a narrow bottleneck, an output "
+    "activation that cannot reach the targets), the loss or the labels (labels "
+    "that do not belong to their inputs, a loss that does not fit the label "
+    "encoding); too little capacity; or too low a learning rate."
+)
+
+
+class LossSpec(NamedTuple):
+    """Which known loss a model is compiled with.
+
+    Attributes:
+        kind: One of `trainwatch.numerics.expected_loss.LOSS_KINDS`, or `None`
+            for a loss without a known expected initial value.
+        from_logits: The loss's `from_logits` setting.
+        name: The loss as the user gave it, for messages.
+    """
+
+    kind: str | None
+    from_logits: bool
+    name: str
+
+
+class CheckResult(NamedTuple):
+    """The outcome of one sanity check.
+
+    Attributes:
+        name: One of `CHECKS`.
+        status: `"passed"`, `"failed"` or `"skipped"`.
+        summary: One line with the numbers (or why it was skipped).
+        values: The measured numbers, by name.
+        findings: The findings it raised (empty unless it failed).
+    """
+
+    name: str
+    status: str
+    summary: str
+    values: dict
+    findings: tuple
+
+
+class SanityReport:
+    """The results of `sanity_check`: one `CheckResult` per check.
+
+    `str(report)` is a readable table; `report.findings` the findings;
+    `report["overfit"].values` the numbers of one check.
+
+    Example:
+
+    >>> report = sanity_check(model, x, y)  # doctest: +SKIP
+    >>> report.passed, [f.code for f in report.findings]  # doctest: +SKIP
+    (True, [])
+    """
+
+    def __init__(self, checks, seconds=0.0):
+        self.checks = list(checks)
+        self.seconds = float(seconds)
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Every finding of every check, in check order."""
+        return [f for check in self.checks for f in check.findings]
+
+    @property
+    def passed(self) -> bool:
+        """`True` when no check failed (skipped checks do not count)."""
+        return all(check.status != FAILED for check in self.checks)
+
+    def __getitem__(self, name) -> CheckResult:
+        for check in self.checks:
+            if check.name == name:
+                return check
+        raise KeyError(
+            f"No check named {name!r}; this report has "
+            f"{[c.name for c in self.checks]}. Received: name={name!r}"
+        )
+
+    def __iter__(self):
+        return iter(self.checks)
+
+    def __str__(self) -> str:
+        width = max([len("check")] + [len(c.name) for c in self.checks])
+        lines = [f"Sanity checks ({self.seconds:.1f} s)"]
+        lines.append(f"  {'check':<{width}}  {'status':<7}  result")
+        for check in self.checks:
+            lines.append(f"  {check.name:<{width}}  {check.status:<7}  {check.summary}")
+        for finding in self.findings:
+            lines.append(f"  {finding}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        statuses = ", ".join(f"{c.name}={c.status}" for c in self.checks)
+        return f"SanityReport({statuses})"
+
+    def to_markdown(self) -> str:
+        """The report as markdown, for TensorBoard's Text tab."""
+        rows = ["| check | status | result |", "| --- | --- | --- |"]
+        for check in self.checks:
+            summary = check.summary.replace("|", "\\|")
+            rows.append(f"| {check.name} | {check.status} | {summary} |")
+        text = "\n".join(rows)
+        if self.findings:
+            text += "\n\n" + "\n".join(f"* {f}" for f in self.findings)
+        return text + f"\n\nRan in {self.seconds:.1f} s."
+
+    def to_dict(self) -> dict:
+        """JSON-ready form: checks with their values, and the findings."""
+        return {
+            "seconds": self.seconds,
+            "checks": [
+                {
+                    "name": c.name,
+                    "status": c.status,
+                    "summary": c.summary,
+                    "values": dict(c.values),
+                }
+                for c in self.checks
+            ],
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+# -- the loss ----------------------------------------------------------------
+
+_FUNCTION_KINDS = {
+    "categorical_crossentropy": el.CATEGORICAL,
+    "sparse_categorical_crossentropy": el.SPARSE_CATEGORICAL,
+    "binary_crossentropy": el.BINARY,
+    "mean_squared_error": el.MEAN_SQUARED_ERROR,
+}
+
+
+def _known_function_kind(fn):
+    for name, kind in _FUNCTION_KINDS.items():
+        if fn is getattr(keras.losses, name, None):
+            return kind
+    return None
+
+
+def describe_loss(model) -> LossSpec:
+    """Finds which known loss `model` was compiled with.
+
+    Recognizes the Keras cross-entropies (categorical, sparse categorical,
+    binary) and mean squared error as strings, functions or `Loss` objects,
+    with their `from_logits`. Anything else (several outputs, other losses,
+    an overridden `compute_loss`) has `kind=None`.
+
+    Example:
+
+    >>> model.compile(loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    ... # doctest: +SKIP
+    >>> describe_loss(model)  # doctest: +SKIP
+    LossSpec(kind='binary_crossentropy', from_logits=True, name='BinaryCrossentropy')
+    """
+    loss = getattr(model, "loss", None)
+    if type(model).compute_loss is not keras.Model.compute_loss:
+        return LossSpec(None, False, f"{type(model).__name__}.compute_loss")
+    if loss is None or isinstance(loss, (list, tuple, dict)):
+        return LossSpec(None, False, repr(loss))
+    if isinstance(loss, str):
+        try:
+            fn = keras.losses.get(loss)
+        except (ValueError, TypeError):
+            return LossSpec(None, False, loss)
+        return LossSpec(_known_function_kind(fn), False, loss)
+    if isinstance(loss, keras.losses.Loss):
+        name = type(loss).__name__
+        fn = getattr(loss, "fn", None)
+        kind = _known_function_kind(fn) if fn is not None else None
+        kwargs = getattr(loss, "_fn_kwargs", {}) or {}
+        from_logits = bool(kwargs.get("from_logits", getattr(loss, "from_logits", 0)))
+        return LossSpec(kind, from_logits, name)
+    name = getattr(loss, "__name__", type(loss).__name__)
+    return LossSpec(_known_function_kind(loss), False, name)
+
+
+def _formula(expectation) -> str:
+    if expectation.kind in (el.CATEGORICAL, el.SPARSE_CATEGORICAL):
+        return f"ln({expectation.num_classes}) = {expectation.expected:.4g}"
+    if expectation.kind == el.BINARY:
+        return f"ln(2) = {expectation.expected:.4g}"
+    return f"mean(y**2) = {expectation.expected:.4g}"
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def _take(data, n):
+    return keras.tree.map_structure(lambda a: a[:n], data)
+
+
+def _length(data):
+    return int(keras.tree.flatten(data)[0].shape[0])
+
+
+def _to_numpy(value):
+    if isinstance(value, np.ndarray):
+        return value
+    return np.asarray(keras.ops.convert_to_numpy(value))
+
+
+def _finding(code, severity, message, advice, where=None) -> Finding:
+    return Finding(
+        code=code, severity=severity, message=message, advice=advice, where=where
+    )
+
+
+def _say(verbose, text):
+    if verbose:
+        print(f"[trainwatch] sanity: {text}", file=sys.stdout, flush=True)
+
+
+@contextlib.contextmanager
+def _compiled_loss_left_unbuilt(model):
+    """Evaluates the loss on a copy of the model's compiled loss, if it is unbuilt.
+
+    The loss adapter builds `model._compile_loss` on first use. A model whose
+    compiled loss is already built skips `fit`'s symbolic build, which reads a
+    first batch, and with it one shuffle permutation from the global random
+    state (NumPy on JAX, PyTorch's generator on torch): `fit` would then
+    shuffle differently than without the check.
+    """
+    loss = getattr(model, "_compile_loss", None)
+    if loss is None or getattr(loss, "built", True):
+        yield
+        return
+    stand_in = object.__new__(type(loss))  # copy.copy would pickle it
+    stand_in.__dict__.update(loss.__dict__)
+    model._compile_loss = stand_in
+    try:
+        yield
+    finally:
+        model._compile_loss = loss
+
+
+# -- check 1: initial loss -----------------------------------------------------
+
+
+def _forward(model, x):
+    """The model's prediction in inference mode, without touching its state."""
+    kwargs = {"training": False} if model._call_has_training_arg else {}
+    y_pred, _ = model.stateless_call(
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+        x,
+        **kwargs,
+    )
+    return y_pred
+
+
+def _check_initial_loss(model, x, y, spec, rtol) -> CheckResult:
+    name = "initial_loss"
+    xb, yb = mf.convert_batch(x), mf.convert_batch(y)
+    values = {"loss_name": spec.name, "examples": _length(x)}
+    y_pred = _forward(model, xb)
+    if isinstance(y_pred, (list, tuple, dict)):
+        return CheckResult(name, SKIPPED, "several outputs: skipped", values, ())
+    problems = []
+    data_loss = None
+    try:
+        data_loss = mf.compute_loss_parts(model, xb, yb).data
+        values["loss"] = data_loss
+    except Exception as error:  # a label/loss mismatch often fails right here
+        problems.append(
+            f"The data loss ({spec.name}) could not be computed on these labels "
+            f"({type(error).__name__}: {str(error).strip()[:300]})."
+        )
+    if spec.kind is None and not problems:
+        summary = (
+            f"data loss {data_loss:.4g}; unknown loss {spec.name}: skipped "
+            "(expected values are known for the cross-entropies and mean squared "
+            "error)"
+        )
+        return CheckResult(name, SKIPPED, summary, values, ())
+
+    expectation = None
+    if spec.kind is not None:
+        y_true, y_pred = _to_numpy(y), _to_numpy(y_pred)
+        num_classes = int(y_pred.shape[-1]) if y_pred.ndim else 1
+        problems = el.label_problems(spec.kind, y_true, num_classes) + problems
+        problems += el.output_problems(spec.kind, y_pred, spec.from_logits)
+        single = spec.kind in (el.CATEGORICAL, el.SPARSE_CATEGORICAL)
+        if single and num_classes == 1:
+            problems.append(
+                "The model has a single output unit: a softmax over one class is "
+                "always 1 and the loss always 0. Use binary_crossentropy with a "
+                "sigmoid, or one unit per class."
+            )
+        elif data_loss is not None:
+            expectation = el.initial_loss_expectation(
+                spec.kind, y_true, y_pred, spec.from_logits, rtol=rtol
+            )
+
+    if data_loss is None:
+        summary = f"the data loss ({spec.name}) could not be computed"
+    elif expectation is None:
+        summary = f"data loss {data_loss:.4g} ({spec.name})"
+    else:
+        values.update(
+            expected=expectation.expected,
+            tolerance=expectation.tolerance,
+            output_spread=expectation.output_spread,
+            spread_allowance=expectation.spread_allowance,
+            noise=expectation.noise,
+            num_classes=expectation.num_classes,
+            assumption=expectation.assumption,
+        )
+        summary = (
+            f"data loss {data_loss:.4g} vs expected {_formula(expectation)} "
+            f"(tolerance {expectation.tolerance:.3g}, {spec.name}"
+            f"{', from_logits' if spec.from_logits else ''})"
+        )
+        deviation = data_loss - expectation.expected
+        if not math.isfinite(data_loss) or abs(deviation) > expectation.tolerance:
+            problems.insert(
+                0,
+                f"The initial data loss is {data_loss:.4g}, expected "
+                f"{_formula(expectation)} (assuming {expectation.assumption}); it "
+                f"is off by {deviation:+.3g}, beyond the tolerance "
+                f"{expectation.tolerance:.3g} ({rtol:g} of expected + sampling "
+                f"noise {expectation.noise:.2g} + allowance "
+                f"{expectation.spread_allowance:.2g} for the output spread "
+                f"{expectation.output_spread:.3g}).",
+            )
+        elif problems:
+            problems.insert(0, f"Initial {summary}.")
+    if not problems:
+        return CheckResult(name, PASSED, summary, values, ())
+    values["problems"] = problems
+    finding = _finding(
+        "initial_loss_unexpected", "warning", " ".join(problems), _INITIAL_LOSS_ADVICE
+    )
+    return CheckResult(name, FAILED, summary, values, (finding,))
+
+
+# -- check 2: regularization -------------------------------------------------
+
+
+def _scalar(value) -> float:
+    return float(np.sum(get_backend().to_numpy(value)))
+
+
+def _weight_site_verdict(variable, regularizer, factor):
+    """`(before, after, ok)` for one weight regularizer evaluated directly."""
+    scaled, _ = model_copy.scale_regularizer(regularizer, factor)
+    value = variable.value
+    before, after = _scalar(regularizer(value)), _scalar(scaled(value))
+    tol = 1e-6 * max(1.0, abs(before))
+    if after > before + tol and before >= 0:
+        return before, after, True
+    if before == 0 and after == 0:  # e.g. L2 on a zero-initialized bias
+        probe = keras.ops.full(tuple(variable.shape), 0.5, dtype=variable.dtype)
+        p0, p1 = _scalar(regularizer(probe)), _scalar(scaled(probe))
+        return before, after, p1 > p0 + 1e-6 * max(1.0, abs(p0)) and p0 >= 0
+    return before, after, False
+
+
+def _check_regularization(model, x, y, factor) -> CheckResult:
+    name = "regularization"
+    sites = model_copy.regularizer_sites(model)
+    if not sites:
+        return CheckResult(name, SKIPPED, "no regularizers: skipped", {}, ())
+    values = {"factor": factor, "regularizers": len(sites)}
+    culprits = []
+    weight_before = weight_after = 0.0
+    for where, kind, owner, regularizer in sites:
+        if kind != "weight":
+            continue
+        before, after, ok = _weight_site_verdict(owner, regularizer, factor)
+        weight_before += before
+        weight_after += after
+        if not ok:
+            culprits.append(f"{where} ({before:.4g} -> {after:.4g})")
+    xb, yb = mf.convert_batch(x), mf.convert_batch(y)
+    note = ""
+    try:
+        stronger, hows = model_copy.with_scaled_regularizers(model, factor, xb)
+        base = mf.compute_loss_parts(model, xb, yb)
+        scaled = mf.compute_loss_parts(stronger, xb, yb)
+        before, after = base.regularization, scaled.regularization
+        values.update(total_before=base.total, total_after=scaled.total)
+        if "output" in hows:
+            note = " (regularizers without l1/l2/factor were scaled at their output)"
+    except model_copy.CloneUnavailable as error:
+        before, after = weight_before, weight_after
+        activity = [where for where, kind, _, _ in sites if kind == "activity"]
+        note = f" (weight regularizers only, evaluated directly: {error}"
+        note += f"; activity regularizers not checked: {activity})" if activity else ")"
+    values.update(regularization_before=before, regularization_after=after)
+    summary = (
+        f"regularization loss {before:.4g} -> {after:.4g} with every regularizer "
+        f"x{factor:g} ({len(sites)} regularizers){note}"
+    )
+    all_zero = before == 0 and after == 0 and not culprits
+    rises = after > before + 1e-6 * max(1.0, abs(before)) and before >= 0
+    if (rises or all_zero) and not culprits:
+        if all_zero:
+            summary += "; zero at the current weights"
+        return CheckResult(name, PASSED, summary, values, ())
+    message = (
+        f"Making every regularizer {factor:g} times stronger changed the "
+        f"regularization loss from {before:.4g} to {after:.4g}; it should rise."
+    )
+    if before < 0:
+        message += " The regularization loss is negative."
+    if culprits:
+        message += " Not rising: " + "; ".join(culprits) + "."
+    where = culprits[0].split(" (")[0] if len(culprits) == 1 else None
+    finding = _finding(
+        "regularization_not_increasing_loss",
+        "error",
+        message,
+        _REGULARIZATION_ADVICE,
+        where=where,
+    )
+    values["culprits"] = culprits
+    return CheckResult(name, FAILED, summary, values, (finding,))
+
+
+# -- check 3: overfit a tiny subset ------------------------------------------
+
+
+def _loss_value(result) -> float:
+    if isinstance(result, dict):
+        result = result.get("loss", next(iter(result.values())))
+    if isinstance(result, (list, tuple)):
+        result = result[0]
+    return float(np.asarray(result))
+
+
+def _compile_like(clone, model, optimizer):
+    loss_weights = None
+    compile_config = getattr(model, "_compile_config", None)
+    if compile_config is not None:
+        loss_weights = compile_config.config.get("loss_weights")
+    clone.compile(optimizer=optimizer, loss=model.loss, loss_weights=loss_weights)
+
+
+def _train_attempt(
+    clone, model, xs, ys, weights, lr_factor, steps, ratio, deadline, verbose
+):
+    optimizer, rate = model_copy.copy_optimizer(model.optimizer, lr_factor)
+    clone.set_weights(weights)
+    _compile_like(clone, model, optimizer)
+    label = f"lr {rate:.3g}" if rate is not None else "lr schedule"
+    _say(verbose, f"overfitting {_length(xs)} examples ({label}, up to {steps} steps)")
+    first = best = last = float("nan")
+    target = None
+    step = 0
+    timed_out = False
+    for step in range(1, steps + 1):
+        last = _loss_value(clone.train_on_batch(xs, ys))
+        if step == 1:
+            first, best = last, last
+            target = ratio * abs(first)
+        if not math.isfinite(last):
+            break
+        best = min(best, last)
+        if last <= target:
+            break
+        if verbose and step % 100 == 0:
+            _say(
+                verbose, f"  step {step}/{steps}: loss {last:.4g} (target {target:.3g})"
+            )
+        if time.perf_counter() > deadline:
+            timed_out = True
+            break
+    reached = target is not None and math.isfinite(last) and last <= target
+    _say(
+        verbose,
+        f"  {'reached' if reached else 'stopped at'} loss {last:.4g} "
+        f"after {step} steps (target {target:.3g})",
+    )
+    return {
+        "learning_rate": rate,
+        "learning_rate_factor": lr_factor,
+        "steps": step,
+        "first_loss": first,
+        "last_loss": last,
+        "best_loss": best,
+        "target": target,
+        "reached": reached,
+        "timed_out": timed_out,
+    }
+
+
+def _check_overfit(model, x, y, subset_size, steps, ratio, boost, max_seconds, verbose):
+    name = "overfit"
+    n = min(subset_size, _length(x))
+    xs, ys = _take(x, n), _take(y, n)
+    xs, ys = mf.convert_batch(xs), mf.convert_batch(ys)
+    try:
+        clone = model_copy.without_regularizers(
+            model, zero_dropout=True, sample_input=xs
+        )
+    except model_copy.CloneUnavailable as error:
+        return CheckResult(
+            name, SKIPPED, f"model cannot be copied: skipped ({error})", {}, ()
+        )
+    weights = model.get_weights()
+    deadline = time.perf_counter() + max_seconds
+    attempts = [
+        _train_attempt(
+            clone, model, xs, ys, weights, 1.0, steps, ratio, deadline, verbose
+        )
+    ]
+    boostable = attempts[0]["learning_rate"] is not None and boost and boost != 1
+    if not attempts[0]["reached"] and boostable and time.perf_counter() < deadline:
+        attempts.append(
+            _train_attempt(
+                clone, model, xs, ys, weights, boost, steps, ratio, deadline, verbose
+            )
+        )
+    final = attempts[-1]
+    values = {"examples": n, "attempts": attempts}
+    values.update({k: final[k] for k in ("first_loss", "last_loss", "target", "steps")})
+    tried = " then ".join(
+        f"{a['steps']} steps at "
+        + (
+            f"lr {a['learning_rate']:.3g}"
+            if a["learning_rate"] is not None
+            else "lr schedule"
+        )
+        for a in attempts
+    )
+    if final["reached"]:
+        summary = (
+            f"loss {final['first_loss']:.4g} -> {final['last_loss']:.4g} (target "
+            f"{final['target']:.3g}) on {n} examples in {tried}"
+        )
+        if len(attempts) > 1:
+            summary += f"; only with the learning rate x{boost:g}: yours may be low"
+        return CheckResult(name, PASSED, summary, values, ())
+    best = min(a["best_loss"] for a in attempts)
+    stopped = " (stopped by the time budget)" if final["timed_out"] else ""
+    summary = (
+        f"loss {final['first_loss']:.4g} -> {final['last_loss']:.4g}, target "
+        f"{final['target']:.3g} not reached on {n} examples in {tried}{stopped}"
+    )
+    message = (
+        f"Training a copy of the model on {n} examples with regularization and "
+        f"dropout off did not drive the loss near zero: from "
+        f"{final['first_loss']:.4g} the best reached was {best:.4g} (target "
+        f"{final['target']:.3g}, {ratio:g} of the start) in {tried}{stopped}."
+    )
+    finding = _finding(
+        "cannot_overfit_small_subset", "warning", message, _OVERFIT_ADVICE
+    )
+    return CheckResult(name, FAILED, summary, values, (finding,))
+
+
+# -- the entry point ---------------------------------------------------------
+
+
+def _validate(
+    checks,
+    batch_size,
+    subset_size,
+    overfit_steps,
+    overfit_ratio,
+    regularization_factor,
+    max_seconds,
+):
+    unknown = [c for c in checks if c not in CHECKS]
+    if unknown or not checks:
+        raise ValueError(f"Expected checks from {CHECKS}. Received: checks={checks!r}")
+    for arg, value in (
+        ("batch_size", batch_size),
+        ("subset_size", subset_size),
+        ("overfit_steps", overfit_steps),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"Expected a positive integer. Received: {arg}={value!r}")
+    if not 0 < overfit_ratio < 1:
+        raise ValueError(
+            f"Expected 0 < overfit_ratio < 1. Received: overfit_ratio={overfit_ratio!r}"
+        )
+    if not regularization_factor > 1:
+        raise ValueError(
+            "Expected regularization_factor > 1 (a stronger regularizer). "
+            f"Received: regularization_factor={regularization_factor!r}"
+        )
+    if not max_seconds > 0:
+        raise ValueError(
+            f"Expected max_seconds > 0. Received: max_seconds={max_seconds!r}"
+        )
+
+
+def sanity_check(
+    model,
+    x,
+    y,
+    checks=CHECKS,
+    batch_size=256,
+    rtol=0.1,
+    regularization_factor=10.0,
+    subset_size=20,
+    overfit_steps=500,
+    overfit_ratio=0.02,
+    learning_rate_boost=10.0,
+    max_seconds=60.0,
+    verbose=1,
+) -> SanityReport:
+    """Runs the sanity checks that belong before training.
+
+    1. `initial_loss`: the data loss (regularization off) on the first
+       `batch_size` examples against its expected value (`ln(C)` for a
+       `C`-class cross-entropy, `ln 2` for binary cross-entropy, `mean(y**2)`
+       for mean squared error), with a tolerance that grows with the measured
+       output spread; also outputs that contradict `from_logits`, and labels
+       that do not fit the loss.
+    2. `regularization`: a copy with every regularizer `regularization_factor`
+       times stronger must have a higher regularization loss.
+    3. `overfit`: a copy without regularization or dropout, trained with a
+       fresh optimizer of the model's class and config on the first
+       `subset_size` examples, must reach `overfit_ratio` times its starting
+       loss within `overfit_steps` steps (tried again with the learning rate
+       times `learning_rate_boost` if not).
+
+    The model's weights, optimizer and the global random state are untouched.
+    Checks that need a copy of a model that cannot be copied (a subclassed
+    model without `get_config`) are skipped, with the reason.
+
+    Args:
+        model: A built, compiled Keras model.
+        x: Inputs (array, or list/dict of arrays), at least one example.
+        y: Labels, as given to `fit`.
+        checks: Which checks to run. Defaults to all of `CHECKS`.
+        batch_size: Examples used for the initial-loss and regularization
+            checks. Defaults to `256`.
+        rtol: Relative part of the initial-loss tolerance. Defaults to `0.1`.
+        regularization_factor: How much stronger the regularizers get.
+            Defaults to `10.0`.
+        subset_size: Examples to overfit. Defaults to `20`.
+        overfit_steps: Training steps per overfitting attempt. Defaults to
+            `500`.
+        overfit_ratio: Success when the loss falls to this fraction of its
+            starting value. Defaults to `0.02`.
+        learning_rate_boost: Learning-rate multiplier of the second attempt;
+            `None` or `1` for no second attempt. Defaults to `10.0`.
+        max_seconds: Time budget of the overfitting check. Defaults to `60.0`.
+        verbose: 0 silent, 1 progress lines. Defaults to `1`.
+
+    Returns:
+        A `SanityReport`.
+
+    Raises:
+        TypeError: `model` is not a Keras model.
+        ValueError: the model is not built or compiled, or an argument is out
+            of range.
+
+    Example:
+
+    >>> from sklearn.datasets import load_digits  # doctest: +SKIP
+    >>> digits = load_digits()  # doctest: +SKIP
+    >>> x, y = digits.data / 16.0, digits.target  # doctest: +SKIP
+    >>> model = keras.Sequential([keras.Input((64,)),
+    ...     keras.layers.Dense(64, activation="relu"),
+    ...     keras.layers.Dense(10, activation="softmax")])  # doctest: +SKIP
+    >>> model.compile("adam", "sparse_categorical_crossentropy")  # doctest: +SKIP
+    >>> print(sanity_check(model, x, y, verbose=0))  # doctest: +SKIP
+    Sanity checks (1.9 s)
+      check           status   result
+      initial_loss    passed   data loss 2.356 vs expected ln(10) = 2.303 ...
+      regularization  skipped  no regularizers: skipped
+      overfit         passed   loss 2.38 -> 0.0467 (target 0.0476) ...
+    """
+    mf.check_model_ready(model)
+    checks = tuple(checks)
+    _validate(
+        checks,
+        batch_size,
+        subset_size,
+        overfit_steps,
+        overfit_ratio,
+        regularization_factor,
+        max_seconds,
+    )
+    if _length(x) < 1 or _length(x) != _length(y):
+        raise ValueError(
+            "Expected x and y with the same number of examples, at least one. "
+            f"Received: len(x)={_length(x)}, len(y)={_length(y)}"
+        )
+    start = time.perf_counter()
+    xb, yb = _take(x, batch_size), _take(y, batch_size)
+    results = []
+    with model_copy.preserved_random_state(), _compiled_loss_left_unbuilt(model):
+        for check in CHECKS:
+            if check not in checks:
+                continue
+            if check == "initial_loss":
+                results.append(
+                    _check_initial_loss(model, xb, yb, describe_loss(model), rtol)
+                )
+            elif check == "regularization":
+                results.append(
+                    _check_regularization(model, xb, yb, regularization_factor)
+                )
+            else:
+                results.append(
+                    _check_overfit(
+                        model,
+                        x,
+                        y,
+                        subset_size,
+                        overfit_steps,
+                        overfit_ratio,
+                        learning_rate_boost,
+                        max_seconds,
+                        verbose,
+                    )
+                )
+    report = SanityReport(results, time.perf_counter() - start)
+    if verbose:
+        print(report, flush=True)
+    return report
