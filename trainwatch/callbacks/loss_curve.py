@@ -221,8 +221,6 @@ class LossCurve(Monitor):
         step = start + after
         if self._owns_context and step > self.context.step:
             self.context.step = step  # monotone even when hooks run out of order
-        if not math.isfinite(loss):
-            self._on_non_finite(loss, step)
         freq = self.update_freq
         write = freq != "epoch" and (start + after) // freq > (start + before) // freq
         with self._lock:
@@ -246,6 +244,10 @@ class LossCurve(Monitor):
                 values["epoch"] = self._global_epoch + after / self._steps
             writer.scalars(values, step=step)
         for count_before, mean_before, count_after, mean_after in pairs:
+            # A running mean stays non-finite for the rest of the epoch once a
+            # batch loss is: the first non-finite mean follows a finite one.
+            if not math.isfinite(mean_after) and math.isfinite(mean_before):
+                self._on_non_finite(mean_after, start + count_after)
             self._on_window_loss(count_before, mean_before, count_after, mean_after)
 
     def _on_window_loss(self, count_before, mean_before, count_after, mean_after):

@@ -367,6 +367,7 @@ def overfitting(
     step=None,
     epoch=None,
     score_gap=0.1,
+    persist=2,
     patience=3,
     rise=0.1,
 ) -> Finding | None:
@@ -374,8 +375,8 @@ def overfitting(
 
     Two signs, checked in order:
 
-    * the last training score (e.g. accuracy) exceeds the validation score by
-      more than `score_gap`;
+    * the training score (e.g. accuracy) exceeded the validation score by more
+      than `score_gap` in each of the last `persist` validations;
     * the validation loss rose `patience` validations in a row, to more than
       `1 + rise` times its minimum, while the training loss kept falling.
 
@@ -390,6 +391,7 @@ def overfitting(
         step: Global step for the finding. Defaults to `None`.
         epoch: Epoch for the finding. Defaults to `None`.
         score_gap: Gap in score that counts as wide. Defaults to `0.1`.
+        persist: Validations in a row the gap must last. Defaults to `2`.
         patience: Rising validations in a row that count. Defaults to `3`.
         rise: Rise of the validation loss above its minimum that counts
             (fraction). Defaults to `0.1`.
@@ -399,8 +401,8 @@ def overfitting(
 
     Example:
 
-    >>> overfitting([0.1], [0.9], [0.99], [0.80]).message.split(":")[0]
-    'Training accuracy 0.99 vs validation 0.8'
+    >>> overfitting([0.2, 0.1], [0.8, 0.9], [0.98, 0.99], [0.8, 0.8]).message[:36]
+    'Training accuracy 0.99 vs validation'
     """
     if train_scores and val_scores:
         pairs = [
@@ -408,9 +410,9 @@ def overfitting(
             for t, v in zip(train_scores, val_scores)
             if t is not None and v is not None and math.isfinite(t + v)
         ]
-        if pairs:
+        if len(pairs) >= persist:
             t, v = pairs[-1]
-            if t - v > score_gap:
+            if all(ti - vi > score_gap for ti, vi in pairs[-persist:]):
                 return Finding(
                     "overfitting",
                     "warning",

@@ -1,0 +1,220 @@
+"""LossCurve on the active backend: what it writes, and the findings it raises."""
+
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from trainwatch.callbacks.loss_curve import LossCurve, higher_is_better
+from trainwatch.callbacks.update_ratio import UpdateRatio
+from trainwatch.tensorboard import read_events
+
+
+def digits(n=1797):
+    data = load_digits()
+    x = data.data.astype("float32")[:n]
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    return x, data.target[:n].astype("int32")
+
+
+def mlp(learning_rate=1e-3, optimizer=None, metrics=("accuracy",), units=32, **kwargs):
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(units, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer or keras.optimizers.Adam(learning_rate),
+        "sparse_categorical_crossentropy",
+        metrics=list(metrics),
+        **kwargs,
+    )
+    return model
+
+
+def steps_of(events):
+    return [e.step for e in events]
+
+
+def my_score(y_true, y_pred):
+    """A custom metric with a name Keras knows nothing about."""
+    return keras.ops.max(y_pred, axis=-1)
+
+
+def test_batch_loss_is_the_loss_of_the_batch_itself(tmp_path):
+    x, y = digits(128)
+    model = mlp(optimizer=keras.optimizers.SGD(0.0))  # weights stay put
+    curve = LossCurve(tmp_path, update_freq=1, verbose=0)
+    model.fit(
+        x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[curve]
+    )
+
+    probabilities = keras.ops.convert_to_numpy(model(x))
+    per_example = -np.log(probabilities[np.arange(len(y)), y])
+    expected = per_example.reshape(4, 32).mean(axis=1)
+    train = read_events(tmp_path)["train"]
+    got = {e.step: e.value for e in train.scalars["batch_loss"]}
+    # the epoch's last batch (steps 4 and 8) may be smaller: left out
+    assert sorted(got) == [1, 2, 3, 5, 6, 7]
+    for step, value in got.items():
+        np.testing.assert_allclose(value, expected[(step - 1) % 4], rtol=1e-4)
+        log10 = {e.step: e.value for e in train.scalars["batch_loss_log10"]}
+        np.testing.assert_allclose(log10[step], np.log10(value), rtol=1e-5)
+    running = {e.step: e.value for e in train.scalars["batch_running_loss"]}
+    np.testing.assert_allclose(running[2], expected[:2].mean(), rtol=1e-4)
+    epochs = {e.step: e.value for e in train.scalars["epoch"]}
+    assert epochs[2] == pytest.approx(0.5) and epochs[6] == pytest.approx(1.5)
+    assert curve.initial_loss == pytest.approx(expected[0], rel=1e-4)
+
+
+def test_steps_per_execution_logs_window_losses(tmp_path):
+    x, y = digits(192)
+    model = mlp(optimizer=keras.optimizers.SGD(0.0), steps_per_execution=2)
+    curve = LossCurve(tmp_path, update_freq=1, verbose=0)
+    model.fit(
+        x, y, batch_size=32, epochs=1, shuffle=False, verbose=0, callbacks=[curve]
+    )
+
+    probabilities = keras.ops.convert_to_numpy(model(x))
+    batch = -np.log(probabilities[np.arange(len(y)), y]).reshape(6, 32).mean(axis=1)
+    train = read_events(tmp_path)["train"]
+    assert "batch_loss" not in train.scalars
+    got = {e.step: e.value for e in train.scalars["window_loss"]}
+    assert sorted(got) == [2, 4]
+    np.testing.assert_allclose(got[2], batch[:2].mean(), rtol=1e-4)
+    np.testing.assert_allclose(got[4], batch[2:4].mean(), rtol=1e-4)
+    assert steps_of(train.scalars["batch_running_loss"]) == [2, 4, 6]
+
+
+def test_epoch_metrics_in_train_and_validation_runs_with_gaps(tmp_path):
+    x, y = digits(256)
+    model = mlp(metrics=("sparse_categorical_accuracy", my_score))
+    curve = LossCurve(tmp_path, update_freq=4, verbose=0)
+    model.fit(
+        x[:192],
+        y[:192],
+        validation_data=(x[192:], y[192:]),
+        batch_size=32,
+        epochs=2,
+        verbose=0,
+        callbacks=[curve],
+    )
+    runs = read_events(tmp_path)
+    assert sorted(runs) == ["train", "validation"]
+    metrics = {"epoch_loss", "epoch_sparse_categorical_accuracy", "epoch_my_score"}
+    assert metrics <= set(runs["train"].scalars)
+    assert set(runs["validation"].scalars) == metrics
+    gaps = {"gap/loss", "gap/sparse_categorical_accuracy", "gap/my_score"}
+    assert gaps <= set(runs["train"].scalars)
+    for tag in metrics:
+        assert steps_of(runs["validation"].scalars[tag]) == [0, 1]
+    history = model.history.history
+    loss_gap = runs["train"].scalars["gap/loss"][-1].value
+    np.testing.assert_allclose(
+        loss_gap, history["val_loss"][-1] - history["loss"][-1], rtol=1e-5
+    )
+    acc = "sparse_categorical_accuracy"
+    acc_gap = runs["train"].scalars[f"gap/{acc}"][-1].value
+    np.testing.assert_allclose(
+        acc_gap, history[acc][-1] - history[f"val_{acc}"][-1], atol=1e-6
+    )
+    assert steps_of(runs["train"].scalars["batch_loss"]) == [4, 8]  # 12: last
+
+
+def test_higher_is_better_names():
+    assert higher_is_better("accuracy") and higher_is_better("val_auc")
+    assert not higher_is_better("loss") and not higher_is_better("mse")
+
+
+def test_second_fit_and_resume_continue_without_overwriting(tmp_path):
+    x, y = digits(128)
+    model = mlp()
+    curve = LossCurve(tmp_path, update_freq=1, verbose=0)
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[curve])
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[curve])
+    # a new callback resuming with initial_epoch (as after loading a checkpoint)
+    resumed = LossCurve(tmp_path, update_freq=1, verbose=0)
+    model.fit(
+        x, y, batch_size=32, initial_epoch=3, epochs=4, verbose=0, callbacks=[resumed]
+    )
+    runs = read_events(tmp_path)
+    assert "validation" not in runs
+    train = runs["train"]
+    assert steps_of(train.scalars["epoch_loss"]) == [0, 1, 2, 3]
+    assert not any(tag.startswith("gap/") for tag in train.scalars)
+    steps = steps_of(train.scalars["batch_loss"])
+    assert steps == [1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 14, 15]
+    running = steps_of(train.scalars["batch_running_loss"])
+    assert running == sorted(set(running)) and running[-1] == 16
+
+
+@pytest.mark.parametrize("stop_on_nan", [True, False])
+def test_loss_nan_reported_at_its_step(tmp_path, stop_on_nan):
+    x, y = digits(128)
+    x[70, 3] = np.nan  # in the third batch
+    model = mlp()
+    curve = LossCurve(tmp_path, stop_on_nan=stop_on_nan, verbose=0)
+    history = model.fit(
+        x, y, batch_size=32, epochs=3, shuffle=False, verbose=0, callbacks=[curve]
+    )
+    findings = [f for f in curve.context.findings if f.code == "loss_nan"]
+    assert len(findings) == 1
+    assert findings[0].step == 3 and findings[0].severity == "error"
+    assert len(history.history["loss"]) == (1 if stop_on_nan else 3)
+    runs = read_events(tmp_path)
+    assert "loss_nan" in runs["train"].texts["trainwatch/findings"][-1].text
+
+
+def test_bad_arguments_fail_early():
+    with pytest.raises(ValueError, match="Received: update_freq=0"):
+        LossCurve(update_freq=0)
+    with pytest.raises(ValueError, match="Received: update_freq='batch'"):
+        LossCurve(update_freq="batch")
+    with pytest.raises(TypeError, match="Received: stop_on_nan='yes'"):
+        LossCurve(stop_on_nan="yes")
+    assert LossCurve(update_freq="epoch").update_freq == "epoch"
+
+
+def test_batch_hook_keeps_keras_async_dispatch():
+    assert LossCurve.async_safe is True
+    model = mlp()
+    callbacks = keras.callbacks.CallbackList([LossCurve(), UpdateRatio()], model=model)
+    plain = keras.callbacks.CallbackList([], model=model)
+    assert getattr(callbacks, "_async_train", None) == getattr(
+        plain, "_async_train", None
+    )
+
+
+SCENARIOS = {
+    # learning rate: codes that must appear (any of each set)
+    1e-3: [],
+    10.0: [{"loss_diverging", "loss_nan"}, {"update_ratio_high"}],
+    1e-6: [{"loss_plateau"}, {"update_ratio_low"}],
+}
+
+
+@pytest.mark.parametrize("learning_rate", list(SCENARIOS))
+def test_digits_mlp_findings(tmp_path, learning_rate):
+    x, y = digits(1300)
+    model = mlp(learning_rate, units=64)
+    curve = LossCurve(tmp_path, verbose=0)
+    ratios = UpdateRatio(tmp_path, verbose=0)
+    model.fit(
+        x[:1000],
+        y[:1000],
+        validation_data=(x[1000:], y[1000:]),
+        batch_size=32,
+        epochs=3,
+        verbose=0,
+        callbacks=[curve, ratios],
+    )
+    findings = list(curve.context.findings) + list(ratios.context.findings)
+    serious = {f.code for f in findings if f.severity in ("error", "warning")}
+    if not SCENARIOS[learning_rate]:
+        assert serious == set(), [str(f) for f in findings]
+    for alternatives in SCENARIOS[learning_rate]:
+        assert serious & alternatives, [str(f) for f in findings]
+    for finding in findings:
+        assert finding.advice and any(ch.isdigit() for ch in finding.message)

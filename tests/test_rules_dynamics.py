@@ -1,0 +1,220 @@
+"""Training-dynamics numerics and rules: numpy only, no Keras model needed."""
+
+import math
+
+import numpy as np
+import pytest
+
+from trainwatch.numerics import curves
+from trainwatch.numerics import update_ratio as ur
+from trainwatch.rules import dynamics
+
+
+def running_means(losses, batch_sizes=None):
+    """Keras's loss tracker: running mean weighted by batch size, in float32."""
+    sizes = np.ones(len(losses)) if batch_sizes is None else np.asarray(batch_sizes)
+    totals = np.cumsum(np.asarray(losses) * sizes)
+    return (totals / np.cumsum(sizes)).astype(np.float32)
+
+
+# -- numerics: curves ----------------------------------------------------------
+def test_batch_losses_recovered_from_running_means():
+    rng = np.random.default_rng(0)
+    losses = np.exp(rng.normal(-1.0, 0.5, 500))
+    means = running_means(losses)
+    for k in (1, 2, 10, 250, 500):
+        before = means[k - 2] if k > 1 else 0.0
+        got = curves.window_mean_loss(k - 1, before, k, means[k - 1])
+        np.testing.assert_allclose(got, losses[k - 1], rtol=2e-3, err_msg=f"{k=}")
+
+
+def test_window_losses_recovered_every_few_steps():
+    rng = np.random.default_rng(1)
+    losses = rng.uniform(0.5, 2.5, 60)
+    means = running_means(losses)
+    spe = 4
+    for k in range(spe, 61, spe):
+        before = means[k - spe - 1] if k > spe else 0.0
+        got = curves.window_mean_loss(k - spe, before, k, means[k - 1])
+        np.testing.assert_allclose(got, losses[k - spe : k].mean(), rtol=1e-4)
+
+
+def test_window_mean_loss_rejects_bad_counts():
+    with pytest.raises(ValueError, match="Received: count_before=3, count_after=3"):
+        curves.window_mean_loss(3, 1.0, 3, 1.0)
+
+
+def test_linear_trend_of_a_line_with_noise():
+    rng = np.random.default_rng(0)
+    x = np.arange(1000)
+    y = 2.0 - 0.001 * x + rng.normal(0, 0.1, x.size)
+    trend = curves.linear_trend(y, x)
+    assert trend.slope == pytest.approx(-0.001, rel=0.05)
+    assert trend.change == pytest.approx(-0.999, rel=0.05)
+    assert trend.noise == pytest.approx(0.1, rel=0.1)
+    assert trend.count == 1000
+
+
+def test_linear_trend_skips_non_finite_and_handles_tiny_inputs():
+    assert curves.linear_trend([1.0, math.nan, 3.0]).count == 2
+    assert curves.linear_trend([]).count == 0
+    assert curves.linear_trend([5.0]).slope == 0.0
+    with pytest.raises(ValueError, match="Received: len"):
+        curves.linear_trend([1.0, 2.0], x=[1.0])
+
+
+def test_log10_or_none():
+    assert curves.log10_or_none(100.0) == 2.0
+    assert curves.log10_or_none(-1.0) is None
+    assert curves.log10_or_none(math.inf) is None
+
+
+# -- numerics: update ratios ---------------------------------------------------
+def test_ratios_match_norms():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(20, 30))
+    dw = 1e-3 * rng.normal(size=w.shape)
+    got = ur.ratios([np.sum(dw**2)], [np.sum(w**2)])
+    np.testing.assert_allclose(got, [np.linalg.norm(dw) / np.linalg.norm(w)])
+    np.testing.assert_allclose(ur.ratios([4.0], [1.0], steps=2), [1.0])
+
+
+def test_ratio_of_zero_weights_is_nan_not_inf():
+    assert np.isnan(ur.ratios([1.0], [0.0])).all()
+
+
+def test_layer_ratios_pool_the_layer_variables():
+    got = ur.layer_ratios(
+        ["m/a/kernel", "m/a/bias", "m/b/kernel"], [3.0, 1.0, 1.0], [100.0, 300.0, 4.0]
+    )
+    assert got == pytest.approx({"m/a": 0.1, "m/b": 0.5})
+
+
+def test_sustained_level_ignores_zeros_and_nan():
+    assert ur.sustained_level([0.5, 0.0, math.nan, 0.1, 0.2], min_samples=3) == 0.2
+    assert ur.sustained_level([0.0, 0.0, 0.0]) is None
+
+
+# -- rules -------------------------------------------------------------------
+def test_loss_nan_names_step_and_choice():
+    finding = dynamics.loss_nan(math.nan, step=7, epoch=0, stopping=True)
+    assert finding.code == "loss_nan" and finding.severity == "error"
+    assert "step 7" in finding.message and "stopped" in finding.message
+    finding = dynamics.loss_nan(math.inf, step=7)
+    assert "continues" in finding.message and "inf" in finding.message
+
+
+def test_loss_diverging_above_initial_loss():
+    finding = dynamics.loss_diverging([13.6], 2.3, recent_losses=[14.0] * 10)
+    assert finding.code == "loss_diverging"
+    assert "14" in finding.message and "2.3" in finding.message
+    assert "learning rate" in finding.advice
+
+
+def test_loss_diverging_when_epoch_loss_keeps_rising():
+    finding = dynamics.loss_diverging([2.0, 0.5, 0.6, 0.9], 2.3)
+    assert finding is not None and "rose 2 epochs" in finding.message
+    assert dynamics.loss_diverging([2.0, 0.5, 0.45, 0.5], 2.3) is None
+
+
+def test_loss_diverging_quiet_on_a_falling_loss():
+    losses = np.linspace(2.3, 0.3, 40)
+    assert dynamics.loss_diverging([1.5, 0.8, 0.4], 2.3, losses[-20:]) is None
+
+
+def test_loss_plateau_on_a_flat_line():
+    finding = dynamics.loss_plateau([2.90, 2.899, 2.897, 2.896], 2.71, steps_seen=88)
+    assert finding is not None and finding.code == "loss_plateau"
+    assert "2.9" in finding.message and "raise" in finding.advice
+
+
+def test_loss_plateau_quiet_when_learning_converged_or_diverged():
+    assert dynamics.loss_plateau([1.9, 1.2, 0.8, 0.6], 2.5, steps_seen=88) is None
+    # converged within the first epoch: low compared with the first batch
+    assert dynamics.loss_plateau([0.2, 0.19, 0.185], 2.3, steps_seen=3000) is None
+    # diverged: loss_diverging's job
+    assert dynamics.loss_plateau([14.0, 14.5, 14.5], 2.7, steps_seen=88) is None
+    # too early to judge
+    assert dynamics.loss_plateau([2.9, 2.9], 2.9, steps_seen=88) is None
+    assert dynamics.loss_plateau([2.9, 2.9, 2.9], 2.9, steps_seen=10) is None
+
+
+def test_loss_plateau_stuck_at_a_high_value():
+    losses = [2.0, 1.6, 1.40, 1.399, 1.398, 1.398]
+    finding = dynamics.loss_plateau(losses, 2.3, steps_seen=600)
+    assert finding is not None and "stayed near 1.398" in finding.message
+
+
+def test_loss_noisy_when_scatter_swamps_trend():
+    rng = np.random.default_rng(0)
+    losses = np.abs(1.2 + rng.normal(0, 1.0, 300))
+    finding = dynamics.loss_noisy(losses, 2.3)
+    assert finding is not None and finding.code == "loss_noisy"
+    assert "batch" in finding.advice
+
+
+def test_loss_noisy_quiet_for_clean_converged_or_diverged_curves():
+    rng = np.random.default_rng(0)
+    falling = np.linspace(2.3, 0.8, 100) + rng.normal(0, 0.1, 100)
+    assert dynamics.loss_noisy(falling, 2.3) is None
+    converged = np.abs(0.05 + rng.normal(0, 0.1, 100))
+    assert dynamics.loss_noisy(converged, 2.3) is None
+    diverged = 9000 + rng.normal(0, 7000, 100)
+    assert dynamics.loss_noisy(diverged, 2.5) is None
+    assert dynamics.loss_noisy([1.0, 3.0] * 5, 2.3) is None  # too few points
+
+
+def test_overfitting_from_accuracy_gap():
+    finding = dynamics.overfitting(
+        [0.5, 0.1], [0.6, 0.7], [0.9, 0.99], [0.78, 0.81], metric="acc"
+    )
+    assert finding is not None and "0.99" in finding.message
+    assert "0.81" in finding.message and "dropout" in finding.advice
+    # one wide gap alone may be noise (a small validation set)
+    once = dynamics.overfitting([0.5, 0.1], [0.6, 0.7], [0.9, 0.99], [0.88, 0.81])
+    assert once is None
+
+
+def test_overfitting_from_rising_validation_loss():
+    train = [1.0, 0.6, 0.4, 0.3, 0.2, 0.1]
+    val = [1.1, 0.7, 0.6, 0.65, 0.7, 0.8]
+    finding = dynamics.overfitting(train, val)
+    assert finding is not None and "rose 3 times" in finding.message
+    val_steady = [1.1, 0.7, 0.6, 0.58, 0.57, 0.57]
+    assert dynamics.overfitting(train, val_steady) is None
+
+
+def test_overfitting_ignores_epochs_without_validation():
+    assert dynamics.overfitting([1.0, 0.5], [None, None], [0.9, 1.0], [None]) is None
+
+
+def test_underfitting_poor_training_accuracy_small_gap():
+    finding = dynamics.underfitting([0.2, 0.3, 0.35], [0.2, 0.3, 0.34])
+    assert finding is not None and "0.35" in finding.message
+    assert "capacity" in finding.advice
+    assert dynamics.underfitting([0.2, 0.3, 0.35]) is not None  # no validation
+    assert dynamics.underfitting([0.9, 0.95, 0.97], [0.9, 0.9, 0.9]) is None
+    assert dynamics.underfitting([0.3, 0.5, 0.55], [0.1, 0.2, 0.3]) is None  # gap
+    assert dynamics.underfitting([0.2, 0.3]) is None  # too early
+
+
+def test_update_ratio_high_gives_the_factor():
+    history = {"m/d/kernel": [78.0, 0.68, 0.19], "m/e/kernel": [70.0, 0.6, 0.2]}
+    (finding,) = dynamics.update_ratio_findings(history, step=4, learning_rate=10.0)
+    assert finding.code == "update_ratio_high" and finding.where is None
+    assert "2 of 2" in finding.message and "m/d/kernel" in finding.message
+    assert "lower the learning rate about" in finding.advice
+    assert "from 10" in finding.advice
+
+
+def test_update_ratio_low_gives_the_factor():
+    history = {"d/kernel": [5e-6] * 5, "e/kernel": [1e-3] * 5}
+    (finding,) = dynamics.update_ratio_findings(history)
+    assert finding.code == "update_ratio_low" and finding.where == "d/kernel"
+    assert "raise the learning rate about 200x" in finding.advice
+
+
+def test_update_ratio_healthy_or_too_few_samples_is_quiet():
+    assert dynamics.update_ratio_findings({"k": [8e-3, 5e-3, 3e-3, 1e-3]}) == []
+    assert dynamics.update_ratio_findings({"k": [5.0, 5.0]}) == []
+    assert dynamics.update_ratio_findings({"k": [0.0] * 10}) == []
