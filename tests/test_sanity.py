@@ -323,3 +323,43 @@ def test_subclassed_model_that_cannot_be_cloned_is_skipped_not_crashed():
     }
     assert "cannot be copied" in report["overfit"].summary
     assert "evaluated directly" in report["regularization"].summary
+
+
+def test_clone_of_nested_functional_model_with_custom_regularizers():
+    class LocalL1(keras.regularizers.Regularizer):  # not registered, no get_config
+        def __init__(self, l1):
+            self.l1 = l1
+
+        def __call__(self, x):
+            return self.l1 * keras.ops.sum(keras.ops.abs(x))
+
+    inner = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(8, kernel_regularizer=LocalL1(0.01))]
+    )
+    inputs = keras.Input((FEATURES,))
+    hidden = keras.layers.Dense(8, activity_regularizer="l2")(inputs)
+    hidden = keras.layers.Dropout(0.5)(inner(hidden))
+    model = keras.Model(inputs, keras.layers.Dense(CLASSES)(hidden))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = _data(n=8)
+    xb = keras.ops.convert_to_tensor(x)
+
+    copy = model_copy.clone_with_weights(model)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(copy(xb)), keras.ops.convert_to_numpy(model(xb))
+    )
+    assert [(w, k) for w, k, _, _ in model_copy.regularizer_sites(copy)] == [
+        (w, k) for w, k, _, _ in model_copy.regularizer_sites(model)
+    ]
+    bare = model_copy.without_regularizers(model)
+    assert model_copy.regularizer_sites(bare) == []
+    assert [type(layer).__name__ for layer in bare.layers].count("Dropout") == 1
+    assert bare.layers[-2].rate == 0.0 and model.layers[-2].rate == 0.5
+
+    report = sanity_check(model, x, y, checks=["regularization"], verbose=0)
+    values = report["regularization"].values
+    assert report["regularization"].status == "passed"
+    assert values["regularizers"] == 2
+    assert values["regularization_after"] == pytest.approx(
+        10 * values["regularization_before"], rel=1e-4
+    )

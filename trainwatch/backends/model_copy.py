@@ -151,10 +151,10 @@ def regularizer_sites(model) -> list:
 
     Example:
 
-    >>> model = keras.Sequential([
-    ...     keras.Input((3,)), keras.layers.Dense(2, kernel_regularizer="l2")])
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(
+    ...     2, kernel_regularizer="l2", name="hidden")], name="net")
     >>> [(where, kind) for where, kind, _, _ in regularizer_sites(model)]
-    [('sequential/dense/kernel', 'weight')]
+    [('net/hidden/kernel', 'weight')]
     """
     sites = []
     for variable in model.trainable_weights:
@@ -192,9 +192,30 @@ def _strip_config(config, zero_dropout):
     return config
 
 
+def _config_without_regularizers(layer):
+    """`layer.get_config()` with its regularizers detached while it runs.
+
+    Serializing a custom regularizer needs its `get_config` (and rebuilding it
+    needs it registered); the copy gets its regularizers afterwards anyway, so
+    they are left out of the config. The layer's attributes are restored.
+    """
+    detached = {
+        name: value
+        for name, value in vars(layer).items()
+        if name.endswith(_REGULARIZER_SUFFIX) and value is not None
+    }
+    try:
+        for name in detached:
+            setattr(layer, name, None)
+        return layer.get_config()
+    finally:
+        for name, value in detached.items():
+            setattr(layer, name, value)
+
+
 def _clone_layer_function(zero_dropout):
     def clone_layer(layer):
-        config = _strip_config(layer.get_config(), zero_dropout)
+        config = _strip_config(_config_without_regularizers(layer), zero_dropout)
         if zero_dropout and type(layer).__name__ in _DROPOUT_LAYERS:
             config["rate"] = 0.0
         if zero_dropout and isinstance(layer, keras.layers.GaussianNoise):
