@@ -1,0 +1,180 @@
+"""UpdateRatio on the active backend: exact ratios, sampling, tags, findings."""
+
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from trainwatch.callbacks.loss_curve import LossCurve
+from trainwatch.callbacks.update_ratio import UpdateRatio, _is_sample_step
+from trainwatch.tensorboard import read_events
+
+
+def digits(n=256):
+    data = load_digits()
+    x = data.data.astype("float32")[:n]
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    return x, data.target[:n].astype("int32")
+
+
+def build(learning_rate=1e-2, steps_per_execution=1, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(
+        keras.optimizers.Adam(learning_rate),
+        "sparse_categorical_crossentropy",
+        steps_per_execution=steps_per_execution,
+    )
+    return model
+
+
+class ReferenceRatios(keras.callbacks.Callback):
+    """Reads all weights to the host at every step: slow, simple, exact."""
+
+    def __init__(self):
+        super().__init__()
+        self.before = None
+        self.ratios = {}  # step -> [ratio per variable]
+        self.step = 0
+
+    def _weights(self):
+        return [keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables]
+
+    def _close(self):
+        after = self._weights()
+        with np.errstate(divide="ignore"):
+            self.ratios[self.step] = [
+                np.linalg.norm(a - b) / np.linalg.norm(b)
+                for a, b in zip(after, self.before)
+            ]
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.before is not None:
+            self._close()
+        self.before = self._weights()
+        self.step += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._close()
+        self.before = None
+
+
+def test_ratios_equal_host_computed_ratios(tmp_path):
+    x, y = digits(128)
+    fit = dict(batch_size=32, epochs=2, shuffle=False, verbose=0)
+    model = build()
+    ratios = UpdateRatio(tmp_path, update_freq=1, verbose=0)
+    model.fit(x, y, callbacks=[ratios], **fit)
+    reference = ReferenceRatios()
+    build().fit(x, y, callbacks=[reference], **fit)
+
+    paths = [v.path for v in model.trainable_variables]
+    train = read_events(tmp_path)["train"]
+    for i, path in enumerate(paths):
+        got = {e.step: 10**e.value for e in train.scalars[f"update_ratio/{path}"]}
+        expected = {s: r[i] for s, r in reference.ratios.items() if r[i] > 0}
+        if path.endswith("bias"):
+            expected.pop(1)  # zero biases before the first step: no ratio
+        assert sorted(got) == sorted(expected), path
+        for step in got:
+            np.testing.assert_allclose(
+                got[step], expected[step], rtol=1e-3, err_msg=f"{path} at {step=}"
+            )
+    assert set(ratios.history) == set(paths)
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 2])
+def test_tags_layout_and_sampling(tmp_path, backend_name, steps_per_execution):
+    if backend_name == "torch" and steps_per_execution > 1:
+        pytest.skip("steps_per_execution must be 1 with the PyTorch backend")
+    x, y = digits(192)  # 6 batches an epoch
+    model = build(steps_per_execution=steps_per_execution)
+    ratios = UpdateRatio(tmp_path, update_freq=4, verbose=0)
+    model.fit(
+        x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[ratios]
+    )
+
+    train = read_events(tmp_path)["train"]
+    layers = {v.path.rsplit("/", 1)[0] for v in model.trainable_variables}
+    expected = {f"update_ratio/{v.path}" for v in model.trainable_variables}
+    expected |= {f"update_ratio_layer/{layer}" for layer in layers}
+    expected |= {f"update_ratio_band/{b}" for b in ("low", "healthy", "high")}
+    assert expected <= set(train.scalars)
+    # steps 1, 2, 4, 8, 12; two at a time, executions (0,2], (2,4], (6,8], (10,12]
+    kernel = model.trainable_variables[0].path
+    steps = [e.step for e in train.scalars[f"update_ratio/{kernel}"]]
+    assert steps == ([1, 2, 4, 8, 12] if steps_per_execution == 1 else [2, 4, 8, 12])
+    assert train.scalars["update_ratio_band/healthy"][0].value == pytest.approx(-3)
+    category = train.layout["category"][0]
+    charts = {chart["title"]: chart for chart in category["chart"]}
+    margin = charts["layers against the healthy band"]["margin"]["series"]
+    assert margin[0]["value"] == "update_ratio_band/healthy"
+    assert {s["value"] for s in margin[1:]} == {
+        f"update_ratio_layer/{layer}" for layer in layers
+    }
+
+
+def test_sample_steps():
+    assert [t for t in range(1, 121) if _is_sample_step(t, 50)] == [
+        1,
+        2,
+        4,
+        8,
+        16,
+        32,
+        50,
+        100,
+    ]
+
+
+@pytest.mark.parametrize(
+    "learning_rate, code, advice",
+    [(10.0, "update_ratio_high", "lower"), (1e-6, "update_ratio_low", "raise")],
+)
+def test_learning_rate_far_off_is_found(learning_rate, code, advice):
+    x, y = digits(640)
+    model = build(learning_rate)
+    ratios = UpdateRatio(update_freq=10, verbose=0)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[ratios])
+    codes = {f.code: f for f in ratios.context.findings}
+    assert code in codes, [str(f) for f in ratios.context.findings]
+    assert f"{advice} the learning rate about" in codes[code].advice
+    assert f"from {learning_rate:.3g}" in codes[code].advice
+    assert "update_ratio_low" not in codes or code == "update_ratio_low"
+
+
+def test_callbacks_do_not_change_what_is_learned():
+    x, y = digits(128)
+    fit = dict(batch_size=32, epochs=2, verbose=0, validation_data=(x[:32], y[:32]))
+    plain = build(seed=3)
+    plain.fit(x, y, **fit)
+    watched = build(seed=3)
+    callbacks = [LossCurve(update_freq=1, verbose=0), UpdateRatio(update_freq=1)]
+    watched.fit(x, y, callbacks=callbacks, **fit)
+    for a, b in zip(plain.get_weights(), watched.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_no_batch_end_hook_so_async_dispatch_stays_on():
+    assert UpdateRatio.on_train_batch_end is keras.callbacks.Callback.on_train_batch_end
+
+
+def test_bad_arguments_fail_early():
+    with pytest.raises(ValueError, match="Received: update_freq=0"):
+        UpdateRatio(update_freq=0)
+    with pytest.raises(ValueError, match="Received: update_freq=True"):
+        UpdateRatio(update_freq=True)
+    with pytest.raises(ValueError, match=r"Received: band=\(0.01, 0.0001\)"):
+        UpdateRatio(band=(1e-2, 1e-4))
+    with pytest.raises(ValueError, match="Received: band=3"):
+        UpdateRatio(band=3)
+    with pytest.raises(ValueError, match="Received: warn_below=-1"):
+        UpdateRatio(warn_below=-1)
+    with pytest.raises(ValueError, match="Received: warn_below=1, warn_above=0.1"):
+        UpdateRatio(warn_below=1, warn_above=0.1)
