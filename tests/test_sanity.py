@@ -239,7 +239,7 @@ def _seeded_run(with_check, callback_dir=None):
         callbacks = [
             SanityCheck(callback_dir, data=(x, y), overfit_steps=150, verbose=0)
         ]
-    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=callbacks)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=callbacks)
     draw = keras.ops.convert_to_numpy(keras.random.uniform((3,)))
     return model.get_weights(), draw, callbacks
 

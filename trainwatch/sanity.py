@@ -305,6 +305,19 @@ def _forward(model, x):
     return y_pred
 
 
+def _spread_note(expectation) -> str:
+    if expectation.kind == el.MEAN_SQUARED_ERROR:
+        return ""
+    if expectation.output_spread <= el.SPREAD_CAP:
+        return ""
+    what = "squared logit" if expectation.kind == el.BINARY else "logit variance"
+    return (
+        f" The outputs are far from uninformative (mean {what} "
+        f"{expectation.output_spread:.3g}, above {el.SPREAD_CAP:g}): the output layer "
+        "is confident before training has started."
+    )
+
+
 def _check_initial_loss(model, x, y, spec, rtol) -> CheckResult:
     name = "initial_loss"
     xb, yb = mf.convert_batch(x), mf.convert_batch(y)
@@ -377,7 +390,7 @@ def _check_initial_loss(model, x, y, spec, rtol) -> CheckResult:
                 f"{expectation.tolerance:.3g} ({rtol:g} of expected + sampling "
                 f"noise {expectation.noise:.2g} + allowance "
                 f"{expectation.spread_allowance:.2g} for the output spread "
-                f"{expectation.output_spread:.3g}).",
+                f"{expectation.output_spread:.3g})." + _spread_note(expectation),
             )
         elif problems:
             problems.insert(0, f"Initial {summary}.")
@@ -446,7 +459,8 @@ def _check_regularization(model, x, y, factor) -> CheckResult:
     values.update(regularization_before=before, regularization_after=after)
     summary = (
         f"regularization loss {before:.4g} -> {after:.4g} with every regularizer "
-        f"x{factor:g} ({len(sites)} regularizers){note}"
+        f"x{factor:g} ({len(sites)} regularizer{'s' if len(sites) > 1 else ''})"
+        f"{note}"
     )
     all_zero = before == 0 and after == 0 and not culprits
     rises = after > before + 1e-6 * max(1.0, abs(before)) and before >= 0

@@ -42,6 +42,7 @@ SPARSE_CATEGORICAL = "sparse_categorical_crossentropy"
 BINARY = "binary_crossentropy"
 MEAN_SQUARED_ERROR = "mean_squared_error"
 LOSS_KINDS = (CATEGORICAL, SPARSE_CATEGORICAL, BINARY, MEAN_SQUARED_ERROR)
+SPREAD_CAP = 1.0  # unit-variance logits: what Glorot/He give on standardized inputs
 
 _EPSILON = 1e-7  # Keras's clipping of probabilities in the cross-entropies
 
@@ -236,7 +237,7 @@ _ASSUMPTIONS = {
 
 
 def initial_loss_expectation(
-    kind, y_true, y_pred, from_logits=False, rtol=0.1, spread_cap=1.0
+    kind, y_true, y_pred, from_logits=False, rtol=0.1, spread_cap=SPREAD_CAP
 ) -> InitialLossExpectation:
     """The expected initial loss for these labels and a tolerance for them.
 
