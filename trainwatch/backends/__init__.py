@@ -1,8 +1,8 @@
 """Backend adapters: the only place that imports TensorFlow, JAX or PyTorch.
 
 Each framework has one small module with the same names (`NAME`,
-`value_and_grad`, `to_numpy`, `x64_scope`). `get_backend()` imports the one for
-the active Keras backend, so no other framework is ever imported. Code that
+`value_and_grad`, `to_numpy`, `x64_scope`, `jit`). `get_backend()` imports the
+one for the active Keras backend, so no other framework is ever imported. Code that
 works at the level of Keras models (losses, gradients, the float64 shadow,
 layer captures) lives in `model_functions.py` and `float64.py` and uses only
 these names.
@@ -28,8 +28,8 @@ def get_backend() -> ModuleType:
     """Returns the adapter module for the active Keras backend.
 
     Returns:
-        A module with `NAME`, `value_and_grad(fn, args)`, `to_numpy(x)` and
-        `x64_scope()`.
+        A module with `NAME`, `value_and_grad(fn, args)`, `to_numpy(x)`,
+        `x64_scope()` and `jit(fn)`.
 
     Raises:
         NotImplementedError: the active backend is not one trainwatch supports

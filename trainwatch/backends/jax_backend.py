@@ -34,3 +34,13 @@ def to_numpy(x) -> np.ndarray:
 def x64_scope():
     """Context in which JAX keeps float64 arrays float64 (`jax_enable_x64`)."""
     return jax.enable_x64(True)
+
+
+def jit(fn):
+    """Compiles `fn(list_of_arrays)` for repeated calls with the same shapes.
+
+    Used for the many forward passes of a gradient check (one compile, then
+    ~1 ms a call instead of ~15 ms of eager dispatch). Call it, and the result,
+    inside the same `x64_scope` as the arrays.
+    """
+    return jax.jit(fn)

@@ -45,3 +45,12 @@ def to_numpy(x) -> np.ndarray:
 def x64_scope():
     """TensorFlow computes in float64 whenever its inputs are float64."""
     return contextlib.nullcontext()
+
+
+def jit(fn):
+    """Traces `fn(list_of_tensors)` into a `tf.function` for repeated calls.
+
+    Used for the many forward passes of a gradient check (one trace, then a
+    few ms a call instead of ~30 ms in eager mode).
+    """
+    return tf.function(fn, reduce_retracing=True)

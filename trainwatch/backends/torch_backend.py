@@ -58,3 +58,16 @@ def to_numpy(x) -> np.ndarray:
 def x64_scope():
     """PyTorch computes in float64 whenever its inputs are float64."""
     return contextlib.nullcontext()
+
+
+def jit(fn):
+    """`fn` run without autograd (PyTorch's eager mode needs no compiling).
+
+    Used for the many forward passes of a gradient check: no graph is recorded.
+    """
+
+    def no_grad_fn(*args, **kwargs):
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return no_grad_fn
