@@ -34,17 +34,15 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import random as python_random
 import time
 from typing import NamedTuple
 
 import keras
 import numpy as np
 
-from trainwatch.backends import float64, get_backend
+from trainwatch.backends import float64, get_backend, model_copy
 from trainwatch.backends import model_functions as mf
 from trainwatch.findings import Finding
 from trainwatch.numerics import finite_differences as fd
@@ -74,7 +72,11 @@ _RELATIVE_STEP = {"float64": 3e-5, "float32": 1e-2}
 _MIN_SCALE = {"float64": 0.1, "float32": 1.0}
 _ROUNDOFF_SIGMAS = 3.0  # round-off part of a line's error estimate, in std devs
 _MIN_LINES_FOR_OWN_NOISE = 4
+_NOISE_CAP = 30.0  # a variable's round-off is at most this times the model's
 _TINY_GRADIENT = 1e-10
+# Compile the loss for the check's forward passes when running them eagerly
+# would take longer than this (compiling costs ~0.1-0.5 s).
+_COMPILE_ABOVE_SECONDS = 0.5
 
 
 class LineCheck(NamedTuple):
@@ -282,7 +284,7 @@ def _fmt(value) -> str:
 
 def validate_options(
     max_examples=8,
-    coordinates=6,
+    coordinates=4,
     directions=1,
     relative_step=None,
     precision="auto",
@@ -293,10 +295,10 @@ def validate_options(
     Example:
 
     >>> validate_options(coordinates=4)
-    >>> validate_options(precision="float16")
+    >>> validate_options(precision="float16")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: Expected precision in ('auto', 'float64', 'float32'). Received: precision='float16'
+    ValueError: Expected precision in (...). Received: precision='float16'
     """
     for name, value, low in (
         ("max_examples", max_examples, 1),
@@ -338,7 +340,7 @@ def check_gradients(
     sample_weight=None,
     *,
     max_examples=8,
-    coordinates=6,
+    coordinates=4,
     directions=1,
     relative_step=None,
     precision="auto",
@@ -354,7 +356,7 @@ def check_gradients(
         max_examples: Use only the first this many examples (few examples,
             few kinks, fast). Defaults to `8`.
         coordinates: Coordinates probed per variable: half the largest
-            analytic gradients, half random. Defaults to `6`.
+            analytic gradients, half random. Defaults to `4`.
         directions: Random directions probed per variable (each covers the
             whole variable). Defaults to `1`.
         relative_step: Step relative to each variable's RMS value. Defaults to
@@ -388,7 +390,7 @@ def check_gradients(
     x, y, sample_weight = _first_examples((x, y, sample_weight), max_examples)
     examples = _count_examples(x)
     options = dict(coordinates=coordinates, directions=directions, seed=seed)
-    with _preserved_random_state():
+    with model_copy.preserved_random_state():
         result = None
         message = ""
         if precision in ("auto", "float64"):
@@ -465,48 +467,39 @@ def _count_examples(x) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _preserved_random_state():
-    """Restores Python's, numpy's and Keras's global random state afterwards.
-
-    Rebuilding a model draws default seeds from Python's `random` module (every
-    unseeded initializer and `SeedGenerator` does); none of that may leak into
-    the user's run.
-    """
-    from keras.src.backend.common import global_state
-
-    python_state = python_random.getstate()
-    numpy_state = np.random.get_state()
-    generator = global_state.get_global_attribute("global_seed_generator")
-    generator_state = None
-    if generator is not None:
-        generator_state = np.array(get_backend().to_numpy(generator.state))
-    try:
-        yield
-    finally:
-        python_random.setstate(python_state)
-        np.random.set_state(numpy_state)
-        if generator is None:
-            global_state.set_global_attribute("global_seed_generator", None)
-        else:
-            global_state.set_global_attribute("global_seed_generator", generator)
-            generator.state.assign(generator_state)
-
-
 class _Evaluator:
-    """Loss parts of a model at its weights with one variable replaced."""
+    """Loss parts of a model at its weights with one variable replaced.
 
-    def __init__(self, model, x, y, sample_weight, dtype):
+    A check makes ~20 forward passes per variable. The first runs eagerly and
+    is timed; if the rest would take long (a big model, or TensorFlow's and
+    JAX's eager dispatch), the loss function is compiled once (`jax.jit`,
+    `tf.function`; no autograd on PyTorch). Should compiling fail (a layer
+    doing Python-side work), it stays eager.
+
+    Args:
+        expected_calls: How many evaluations the check will make.
+    """
+
+    def __init__(self, model, x, y, sample_weight, dtype, expected_calls):
         backend = get_backend()
-        self._to_numpy = backend.to_numpy
+        self._backend = backend
         self.dtype = dtype
-        self._loss_fn = mf.make_loss_function(model, x, y, sample_weight, "total")
+        loss_fn = mf.make_loss_function(model, x, y, sample_weight, "total")
+
+        def parts(values):
+            _, (_, data, regularization, _) = loss_fn(values)
+            return data, regularization
+
+        self._eager = parts
+        self._compiled = None
+        self._expected_calls = expected_calls
         self.arrays = [
-            np.array(backend.to_numpy(v), dtype=dtype) for v in model.trainable_variables
+            np.array(backend.to_numpy(v), dtype=dtype)
+            for v in model.trainable_variables
         ]
         # Fresh tensors (not the variables): no autograd graph on PyTorch.
         self._values = [self._tensor(a) for a in self.arrays]
-        self.evaluations = 0
+        self.calls = 0
 
     def _tensor(self, array):
         return keras.ops.convert_to_tensor(array, dtype=self.dtype)
@@ -514,9 +507,23 @@ class _Evaluator:
     def __call__(self, index, array):
         values = list(self._values)
         values[index] = self._tensor(array)
-        _, (_, data, regularization, _) = self._loss_fn(values)
-        self.evaluations += 1
-        return float(self._to_numpy(data)), float(self._to_numpy(regularization))
+        self.calls += 1
+        if self._compiled is not None:
+            try:
+                return self._numbers(self._compiled(values))
+            except Exception:  # not traceable: evaluate eagerly from now on
+                self._compiled = None
+        start = time.perf_counter()
+        result = self._numbers(self._eager(values))
+        if self.calls == 1:
+            remaining = self._expected_calls - 1
+            if (time.perf_counter() - start) * remaining > _COMPILE_ABOVE_SECONDS:
+                self._compiled = self._backend.jit(self._eager)
+        return result
+
+    def _numbers(self, parts):
+        to_numpy = self._backend.to_numpy
+        return float(to_numpy(parts[0])), float(to_numpy(parts[1]))
 
 
 def _run(
@@ -545,14 +552,18 @@ def _run(
     check_reg = loss.regularization != 0.0 or any(
         g is not None and np.any(g) for g in reg_grads.gradients
     )
-    evaluator = _Evaluator(eval_model, xb, yb, swb, dtype)
+    lines_per_variable = coordinates + directions
+    expected = 4 * sum(
+        min(lines_per_variable, int(np.prod(v.shape)) + directions) for v in variables
+    )
+    evaluator = _Evaluator(eval_model, xb, yb, swb, dtype, expected)
     rng = np.random.default_rng(seed)
     rel = relative_step or _RELATIVE_STEP[precision]
     thresholds = THRESHOLDS[precision]
     eps = float(np.finfo(dtype).eps)
 
     probed = []
-    for index, variable in enumerate(variables):
+    for index in range(len(variables)):
         parts = {"data": data_grads.gradients[index]}
         if check_reg:
             parts["regularization"] = reg_grads.gradients[index]
@@ -660,8 +671,12 @@ def _judge_variable(variable, record, pooled, loss, eps, thresholds):
         value_scale = abs(loss.data if part == "data" else loss.regularization)
         fourths = [e.fourth_difference for _, e in lines]
         noise = fd.estimate_noise(fourths, value_scale, eps)
+        overall = fd.estimate_noise(pooled[part], value_scale, eps)
         if len(lines) < _MIN_LINES_FOR_OWN_NOISE:
-            noise = max(noise, fd.estimate_noise(pooled[part], value_scale, eps))
+            noise = max(noise, overall)
+        # A variable whose every probe crosses a kink (a bias at a ReLU's
+        # corner) would read the kinks as noise: cap it by the whole model's.
+        noise = min(noise, _NOISE_CAP * overall)
         for position, ((kind, index), estimate) in enumerate(lines):
             roundoff = fd.roundoff_error(noise, estimate.step)
             estimated = estimate.truncation + _ROUNDOFF_SIGMAS * roundoff

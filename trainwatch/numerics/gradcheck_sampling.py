@@ -4,7 +4,7 @@ Sampling uniformly from one big vector misses what matters; the check instead
 takes, in every variable, the coordinates with the largest analytic gradient
 (where a wrong backward pass shows most clearly above round-off) plus a few
 random ones (where a bug confined to part of a variable may hide), and one
-random direction, which covers the whole variable at once.
+random ±1 direction, which covers the whole variable at once.
 
 Example:
 
@@ -70,21 +70,20 @@ def choose_coordinates(magnitudes, top, random, rng=None):
 
 
 def random_direction(shape, rng=None):
-    """A Gaussian direction with root-mean-square entry 1.
+    """A random ±1 (Rademacher) direction: every entry moves by the same amount.
 
-    A step `h` along it moves each coordinate by about `h`, i.e. the variable
-    as a whole by `h·√size`: the same relative change as a coordinate step.
+    A step `h` along it moves each coordinate by exactly `h`, i.e. the variable
+    as a whole by `h·√size`: the same relative change as a coordinate step. Its
+    directional derivative `g·d` is a random-sign sum of all gradient entries,
+    so an error confined to part of the variable still shows.
 
     Example:
 
     >>> import numpy as np
     >>> d = random_direction((100, 50), np.random.default_rng(1))
-    >>> d.shape, round(float(np.sqrt(np.mean(d**2))), 6)
-    ((100, 50), 1.0)
+    >>> d.shape, sorted(set(d.ravel().tolist()))
+    ((100, 50), [-1.0, 1.0])
     """
     rng = np.random.default_rng(0) if rng is None else rng
-    direction = rng.standard_normal(size=shape)
-    rms = float(np.sqrt(np.mean(direction**2))) if direction.size else 0.0
-    if rms == 0.0:
-        return np.ones(shape)
-    return direction / rms
+    bits = rng.random(size=shape, dtype=np.float32) < 0.5
+    return np.where(bits, 1.0, -1.0)
