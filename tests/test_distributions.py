@@ -264,3 +264,26 @@ def test_arguments_are_checked():
         Distributions(probe=(np.zeros((4, 2)), np.zeros(4)), gradient_ratio=0.5)
     with pytest.raises(TypeError, match=r"Received: max_features=1.5"):
         Distributions(probe=(np.zeros((4, 2)), np.zeros(4)), max_features=1.5)
+
+
+def test_recurrent_and_attention_layers():
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(0, 20, size=(8, 5))
+    y = rng.integers(0, 2, size=8)
+    inputs = keras.Input((5,), dtype="int32")
+    h = keras.layers.Embedding(20, 8)(inputs)
+    h = keras.layers.LSTM(6, return_sequences=True, name="lstm")(h)
+    h = keras.layers.MultiHeadAttention(2, 4, name="mha")(h, h)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    outputs = keras.layers.Dense(2, activation="softmax")(h)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    layers, _ = measure_distributions(model, tokens, y)
+    by_name = {d.name: d for d in layers}
+    # The LSTM is measured as one layer (its cell runs inside a loop).
+    assert "lstm" in by_name and "lstm/lstm_cell" not in by_name
+    assert by_name["lstm"].output.shape == (8, 30)
+    assert by_name["lstm"].output_gradient is not None
+    assert {"mha/query", "mha/key", "mha/value"} <= set(by_name)
+    # Tiny query/key gradients at initialization are not vanishing gradients.
+    assert not distribution_findings(layers)

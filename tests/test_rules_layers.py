@@ -81,7 +81,8 @@ def test_gradient_depth_vanishing_and_exploding():
     vanishing = [("l0", 1e-8), ("l1", 1e-6), ("l2", 1e-4), ("l3", 1e-3)]
     (finding,) = rules.gradient_depth(vanishing, step=5)
     assert finding.code == "vanishing_gradients" and finding.where == "l0"
-    assert "l3" in finding.message and "1e+05" in finding.message
+    # Theil-Sen: median pairwise slope 1.83 decades a layer, over 3 layers.
+    assert "falls 3.2e+05 times" in finding.message and "`l3`" in finding.message
     exploding = [("l0", 50.0), ("l1", 0.3), ("l2", 0.1)]
     (finding,) = rules.gradient_depth(exploding)
     assert finding.code == "exploding_gradients" and finding.where == "l0"
@@ -93,8 +94,23 @@ def test_gradient_depth_healthy_zero_and_nan_are_quiet():
     assert rules.gradient_depth([("a", 1e-9)]) == []
 
 
+def test_gradient_depth_ignores_an_outlier_branch():
+    # Attention's query/key projections get tiny gradients at initialization;
+    # beside them the value projection is large. No trend across depth.
+    scales = [("lstm", 3e-3), ("gru", 0.2), ("query", 2e-6), ("key", 1e-8)]
+    scales += [("value", 0.4), ("output", 6e-3), ("dense", 6e-3), ("head", 5e-3)]
+    assert rules.gradient_depth(scales) == []
+
+
 def test_rule_arguments_are_checked():
     with pytest.raises(ValueError, match=r"Received: warn_fraction=0"):
         rules.dead_units({}, warn_fraction=0)
     with pytest.raises(ValueError, match=r"Received: factor=1.0"):
         rules.gradient_depth([], factor=1.0)
+
+
+def test_gradient_depth_needs_the_halves_to_agree():
+    # A zigzag whose median pairwise slope says "100 times" while the shallow
+    # and the deep half have the same median: no trend.
+    scales = [("a", 1e-3), ("b", 1e-9), ("c", 1e-5), ("d", 1e-5), ("e", 1e-3)]
+    assert rules.gradient_depth(scales) == []

@@ -300,13 +300,21 @@ def leaf_layers(model) -> list:
     """Every layer reached from `model` that has no sublayers, in model order.
 
     Nested models and layers that hold layers are walked into; `InputLayer`s
-    are skipped.
+    are skipped. Recurrent layers (`keras.layers.RNN`: LSTM, GRU, ...) count
+    as leaves: their cells run inside a loop (`lax.scan` on JAX), where an
+    output cannot be captured.
     """
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    in_loops = set()
+    for layer in layers:
+        if isinstance(layer, keras.layers.RNN):
+            in_loops.update(id(s) for s in layer._flatten_layers(include_self=False))
     leaves = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.InputLayer):
+    for layer in layers:
+        if isinstance(layer, keras.layers.InputLayer) or id(layer) in in_loops:
             continue
-        if layer._flatten_layers(include_self=False, recursive=False):
+        is_rnn = isinstance(layer, keras.layers.RNN)
+        if not is_rnn and layer._flatten_layers(include_self=False, recursive=False):
             continue
         leaves.append(layer)
     return leaves

@@ -71,8 +71,9 @@ class LayerDistribution(NamedTuple):
         gradient_norm: L2 norm of the gradient of the layer's trainable
             weights, or `None` for a layer without any.
         kernel_gradient_rms: RMS of the gradient of the layer's trainable
-            matrices and filters (rank >= 2; not embeddings), the scale
-            compared across depth; `None` if it has none.
+            matrices and filters (rank >= 2), the scale compared across depth;
+            `None` if it has none, and for embeddings (sparse gradients) and
+            attention query/key projections (tiny gradients by design).
         dead: `UnitCount` of dead units (ReLU, ReLU6), else `None`.
         saturated: `UnitCount` of saturated units (tanh, sigmoid, ...) of a
             hidden layer, else `None`.
@@ -168,6 +169,21 @@ def _has_matrix_weights(layer) -> bool:
     return any(len(v.shape) >= 2 for v in layer.trainable_variables)
 
 
+def _attention_query_key_ids(model) -> set:
+    """Query and key projections of attention layers.
+
+    Their gradients pass through the attention softmax and are tiny at
+    initialization by design: they say nothing about depth.
+    """
+    ids = set()
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        for attribute in ("_query_dense", "_key_dense"):
+            projection = getattr(layer, attribute, None)
+            if isinstance(projection, keras.layers.Layer):
+                ids.add(id(projection))
+    return ids
+
+
 def measure_distributions(model, x, y, sample_weight=None, max_features=4096):
     """Measures every layer and variable on one batch, in one backward pass.
 
@@ -206,6 +222,7 @@ def measure_distributions(model, x, y, sample_weight=None, max_features=4096):
         id(v): g for v, g in zip(model.trainable_variables, result.gradients)
     }
     outputs = _output_layer_ids(model, traces)
+    query_key = _attention_query_key_ids(model)
     layers = []
     for trace in traces:
         layer = trace.layer
@@ -250,7 +267,9 @@ def measure_distributions(model, x, y, sample_weight=None, max_features=4096):
                     nd.l2_norm(weight_gradients) if layer.trainable_variables else None
                 ),
                 kernel_gradient_rms=(
-                    nd.rms(matrices) if _has_matrix_weights(layer) else None
+                    nd.rms(matrices)
+                    if _has_matrix_weights(layer) and id(layer) not in query_key
+                    else None
                 ),
                 dead=dead,
                 saturated=saturated,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from trainwatch.findings import Finding
 
 __all__ = ["dead_units", "gradient_depth", "saturated_units"]
@@ -167,22 +169,27 @@ def gradient_depth(
 ) -> list[Finding]:
     """Flags gradients shrinking or growing by orders of magnitude with depth.
 
-    Compares every earlier layer with every later one: if an earlier layer's
-    gradient is `factor` times smaller than a later one's, the gradients
-    vanish on their way back; `factor` times larger, they explode. Zero and
-    non-finite values are left out (dead units and NaN losses have their own
-    findings).
+    Fits a robust trend to log10(gradient) against depth (the Theil-Sen
+    slope: the median of the slopes between every pair of layers) and reads
+    the change from the first to the last layer off it. A trend, not the most
+    extreme pair, because call order is only an approximation of depth:
+    parallel branches and the query/key projections of attention (tiny
+    gradients at initialization, by design) must not count as vanishing; the
+    medians of the deeper and the shallower half of the layers must also differ
+    by `sqrt(factor)` in the same direction. Zero and non-finite values are
+    left out (dead units and NaN losses have their own findings).
 
     Args:
         gradients: `(layer path, gradient scale)` in forward order, shallow to
             deep, e.g. the RMS of each layer's kernel gradient.
         step, epoch: When the measurement was taken. Default to `None`.
-        factor: Ratio that counts as vanishing or exploding. Defaults to
-            `100.0` (two orders of magnitude).
+        factor: Change across depth that counts as vanishing (the first layer
+            `factor` times smaller than the last) or exploding (`factor` times
+            larger). Defaults to `100.0` (two orders of magnitude).
 
     Returns:
-        At most one `vanishing_gradients` and one `exploding_gradients`
-        finding, `where` the earlier layer of the most extreme pair.
+        At most one finding, `vanishing_gradients` or `exploding_gradients`,
+        `where` the first layer.
 
     Raises:
         ValueError: If `factor` is not greater than 1.
@@ -204,48 +211,47 @@ def gradient_depth(
     ]
     if len(kept) < 2:
         return []
-    low = high = None  # (ratio, earlier, later)
-    for i, (early, early_value) in enumerate(kept):
-        for late, late_value in kept[i + 1 :]:
-            ratio = early_value / late_value
-            if low is None or ratio < low[0]:
-                low = (ratio, early, late)
-            if high is None or ratio > high[0]:
-                high = (ratio, early, late)
-    values = dict(kept)
-    profile = _profile(kept)
-    findings = []
-    if low[0] <= 1.0 / factor:
-        ratio, early, late = low
-        findings.append(
-            Finding(
-                "vanishing_gradients",
-                "warning",
-                f"Gradients vanish with depth: `{early}` gets {values[early]:.2g}, "
-                f"{1 / ratio:.2g} times less than the later `{late}` "
-                f"({values[late]:.2g}). RMS weight gradient by layer: {profile}.",
-                VANISHING_ADVICE,
-                step=step,
-                epoch=epoch,
-                where=early,
-            )
+    logs = np.log10([value for _, value in kept])
+    first, last = np.triu_indices(len(kept), k=1)
+    slope = float(np.median((logs[last] - logs[first]) / (last - first)))
+    change = 10.0 ** (slope * (len(kept) - 1))  # last layer / first layer
+    # The deeper half against the shallower half (medians) must agree, by at
+    # least the square root of `factor`: a trend made by a few outliers is not.
+    half = (len(kept) + 1) // 2
+    halves = 10.0 ** (np.median(logs[-half:]) - np.median(logs[:half]))
+    agree = math.sqrt(factor)
+    if not (change >= factor and halves >= agree) and not (
+        change <= 1.0 / factor and halves <= 1.0 / agree
+    ):
+        return []
+    (first_name, first_value), (last_name, last_value) = kept[0], kept[-1]
+    if change >= factor:
+        code, advice = "vanishing_gradients", VANISHING_ADVICE
+        trend = (
+            f"vanish with depth: the trend over {len(kept)} layers falls {change:.2g}"
         )
-    if high[0] >= factor:
-        ratio, early, late = high
-        findings.append(
-            Finding(
-                "exploding_gradients",
-                "warning",
-                f"Gradients explode with depth: `{early}` gets {values[early]:.2g}, "
-                f"{ratio:.2g} times more than the later `{late}` "
-                f"({values[late]:.2g}). RMS weight gradient by layer: {profile}.",
-                EXPLODING_ADVICE,
-                step=step,
-                epoch=epoch,
-                where=early,
-            )
+    else:
+        code, advice = "exploding_gradients", EXPLODING_ADVICE
+        trend = (
+            f"explode with depth: the trend over {len(kept)} layers grows "
+            f"{1.0 / change:.2g}"
         )
-    return findings
+    message = (
+        f"Gradients {trend} times from the last layer `{last_name}` "
+        f"({last_value:.2g}) back to the first `{first_name}` ({first_value:.2g}). "
+        f"RMS weight gradient by layer: {_profile(kept)}."
+    )
+    return [
+        Finding(
+            code,
+            "warning",
+            message,
+            advice,
+            step=step,
+            epoch=epoch,
+            where=first_name,
+        )
+    ]
 
 
 def _profile(kept, limit=8):
