@@ -287,3 +287,31 @@ def test_recurrent_and_attention_layers():
     assert {"mha/query", "mha/key", "mha/value"} <= set(by_name)
     # Tiny query/key gradients at initialization are not vanishing gradients.
     assert not distribution_findings(layers)
+
+
+def test_inside_trainwatch_probes_and_images_share_one_log(tmp_path):
+    import trainwatch
+
+    x, y = digits(100)
+    model = mlp([16])
+    watch = trainwatch.TrainWatch(
+        tmp_path,
+        probe=(x[:32], y[:32]),
+        image_shape=(8, 8),
+        verbose=0,
+        budget=1.0,
+        sanity_check=False,
+        input_init=False,
+        loss_curve=False,
+        update_ratio=False,
+        gradient_check=False,
+    )
+    model.fit(x, y, batch_size=50, epochs=2, verbose=0, callbacks=[watch])
+    run = read_events(str(tmp_path))["train"]
+    steps = [e.step for e in run.histograms["activations/sequential/dense"]]
+    assert steps == [0, 2, 4]
+    assert [e.step for e in run.images["first_layer/sequential/dense/kernel"]] == [
+        0,
+        2,
+        4,
+    ]

@@ -38,6 +38,8 @@ __all__ = [
     "measure_distributions",
 ]
 
+_PROBE_PART = "Distributions.probe"
+
 # Layers whose `activation` attribute is applied to what they output.
 _ACTIVATED_LAYERS = (
     keras.layers.Activation,
@@ -411,7 +413,9 @@ class Distributions(Monitor):
     larger than a later one's).
 
     The model, its optimizer and its random state are never changed: training
-    gives the same weights with and without this callback.
+    gives the same weights with and without this callback. On its own it
+    probes exactly every `histogram_freq` epochs; as a part of `TrainWatch` it
+    skips a probe that would take trainwatch over its time budget.
 
     Args:
         log_dir: Where to write TensorBoard logs (`<log_dir>/train`), or `None`
@@ -484,10 +488,17 @@ class Distributions(Monitor):
         self._probe()
 
     def epoch_end(self, epoch, logs):
-        if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0:
-            self._probe()
+        if not self.histogram_freq or (epoch + 1) % self.histogram_freq:
+            return
+        if not self._owns_context and not self.context.can_afford(_PROBE_PART):
+            return  # inside TrainWatch, over its time budget: skip this probe
+        self._probe()
 
     def _probe(self):
+        with self.context.timed(_PROBE_PART):
+            self._probe_and_report()
+
+    def _probe_and_report(self):
         model = self.model
         mf.check_model_ready(model)
         x, y, sample_weight = self.probe

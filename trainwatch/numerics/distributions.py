@@ -173,12 +173,21 @@ def l2_norm(arrays) -> float:
     >>> l2_norm([np.array([3.0]), None, np.array([[4.0]])])
     5.0
     """
-    total = sum(
-        float(np.sum(np.square(np.asarray(a, dtype=np.float64))))
-        for a in arrays
-        if a is not None
-    )
+    total = sum(_sum_of_squares(a) for a in arrays if a is not None)
     return float(np.sqrt(total))
+
+
+_CHUNK = 1 << 18  # float64 values at a time: a few MB, however large the array
+
+
+def _sum_of_squares(array) -> float:
+    """Sum of squares in float64, a chunk at a time (no full float64 copy)."""
+    flat = np.asarray(array).reshape(-1)
+    total = 0.0
+    for start in range(0, flat.size, _CHUNK):
+        chunk = flat[start : start + _CHUNK].astype(np.float64)
+        total += float(np.dot(chunk, chunk))
+    return total
 
 
 def rms(arrays) -> float:
@@ -192,7 +201,7 @@ def rms(arrays) -> float:
     >>> rms([np.array([3.0, 4.0]), np.array([0.0, 0.0])])
     2.5
     """
-    kept = [np.asarray(a, dtype=np.float64) for a in arrays if a is not None]
+    kept = [np.asarray(a) for a in arrays if a is not None]
     size = sum(a.size for a in kept)
     if not size:
         return float("nan")
