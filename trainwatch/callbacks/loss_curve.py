@@ -4,9 +4,10 @@ What it writes (TensorBoard, Keras's `train`/`validation` run layout):
 
 * every `update_freq` steps, in `train`, x-axis in global steps:
   `batch_loss` (the loss of that batch itself, recovered from Keras's running
-  means), `batch_loss_log10`, `batch_running_loss` (Keras's running mean since
-  the epoch began, what the progress bar shows) and `epoch` (epochs elapsed,
-  fractional, to read the step axis in epochs). With `steps_per_execution > 1`
+  means), `batch_loss_log10` and `batch_running_loss` (Keras's running mean
+  since the epoch began, what the progress bar shows); at each epoch's start
+  and end, `epoch` (epochs elapsed: plotted against steps, a line to read the
+  step axis in epochs). With `steps_per_execution > 1`
   the hooks come every few steps and the batch's own loss cannot be
   recovered: `window_loss` (and `window_loss_log10`), the mean loss of the
   batches run since the previous hook, replaces `batch_loss`.
@@ -138,6 +139,7 @@ class LossCurve(Monitor):
         self._means = {}
         self._points = deque(maxlen=_MAX_POINTS_PER_EPOCH)
         self._writer = None
+        self._last_epoch_end_step = None
 
     # -- Keras hooks ---------------------------------------------------------
     def begin(self):
@@ -187,7 +189,11 @@ class LossCurve(Monitor):
             writer.scalars({f"epoch_{n}": v for n, v in train.items()}, step=g)
             if gaps:
                 writer.scalars({f"gap/{n}": v for n, v in gaps.items()}, step=g)
+            # epochs elapsed against steps: a straight line within each epoch
+            if self._epoch_start_step != self._last_epoch_end_step:
+                writer.scalar("epoch", g, step=self._epoch_start_step)
             writer.scalar("epoch", g + 1, step=self.context.step)
+            self._last_epoch_end_step = self.context.step
             if val:
                 val_writer = self.context.writer("validation")
                 val_writer.scalars({f"epoch_{n}": v for n, v in val.items()}, step=g)
@@ -237,22 +243,25 @@ class LossCurve(Monitor):
                 pairs.append((after, loss, following, self._means[following]))
             for old in [k for k in self._means if k < after - 64 * spe]:
                 del self._means[old]
-        writer = self._writer
-        if write and writer is not None:
-            values = {"batch_running_loss": loss}
-            if self._steps:
-                values["epoch"] = self._global_epoch + after / self._steps
-            writer.scalars(values, step=step)
+        to_write = {step: {"batch_running_loss": loss}} if write else {}
         for count_before, mean_before, count_after, mean_after in pairs:
             # A running mean stays non-finite for the rest of the epoch once a
             # batch loss is: the first non-finite mean follows a finite one.
             if not math.isfinite(mean_after) and math.isfinite(mean_before):
                 self._on_non_finite(mean_after, start + count_after)
-            self._on_window_loss(count_before, mean_before, count_after, mean_after)
+            values = self._on_window_loss(
+                count_before, mean_before, count_after, mean_after
+            )
+            if values:
+                to_write.setdefault(start + count_after, {}).update(values)
+        if self._writer is not None:
+            for at, values in to_write.items():  # one event per step
+                self._writer.scalars(values, step=at)
 
     def _on_window_loss(self, count_before, mean_before, count_after, mean_after):
+        """Records the recovered loss; returns the scalars to write, if any."""
         if self._steps is not None and count_after >= self._steps:
-            return  # the epoch's last batch may be smaller: no exact recovery
+            return None  # the epoch's last batch may be smaller: no exact recovery
         value = window_mean_loss(count_before, mean_before, count_after, mean_after)
         start = self._epoch_start_step
         step = start + count_after
@@ -266,16 +275,13 @@ class LossCurve(Monitor):
             freq == "epoch"
             or (start + count_after) // freq <= (start + count_before) // freq
         ):
-            return
-        writer = self._writer
-        if writer is None:
-            return
+            return None
         tag = "batch_loss" if self._steps_per_execution == 1 else "window_loss"
         values = {tag: value}
         log10 = log10_or_none(value)
         if log10 is not None:
             values[f"{tag}_log10"] = log10
-        writer.scalars(values, step=step)
+        return values
 
     def _on_non_finite(self, loss, step):
         with self._lock:
