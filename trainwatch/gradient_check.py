@@ -470,8 +470,8 @@ def _count_examples(x) -> int:
 class _Evaluator:
     """Loss parts of a model at its weights with one variable replaced.
 
-    A check makes ~20 forward passes per variable. The first runs eagerly and
-    is timed; if the rest would take long (a big model, or TensorFlow's and
+    A check makes ~20 forward passes per variable. The first two run eagerly,
+    the second is timed; if the rest would take long (a big model, or TensorFlow's and
     JAX's eager dispatch), the loss function is compiled once (`jax.jit`,
     `tf.function`; no autograd on PyTorch). Should compiling fail (a layer
     doing Python-side work), it stays eager.
@@ -515,8 +515,8 @@ class _Evaluator:
                 self._compiled = None
         start = time.perf_counter()
         result = self._numbers(self._eager(values))
-        if self.calls == 1:
-            remaining = self._expected_calls - 1
+        if self.calls == 2:  # the first call may include one-off costs
+            remaining = self._expected_calls - 2
             if (time.perf_counter() - start) * remaining > _COMPILE_ABOVE_SECONDS:
                 self._compiled = self._backend.jit(self._eager)
         return result
@@ -722,13 +722,12 @@ def _judge_variable(variable, record, pooled, loss, eps, thresholds):
                     f"backprop gives {what} for the {part} loss, but the loss "
                     "changes with this variable."
                 )
-            elif part == "data" and grad is None:
-                numeric = [line.numeric for line in part_lines]
-                if all(v == 0.0 for v in numeric):
-                    notes.append(
-                        "gets no gradient and the data loss does not change with "
-                        "it: the variable is not used."
-                    )
+            elif part == "data" and all(line.numeric == 0.0 for line in part_lines):
+                notes.append(
+                    "gets no gradient (or an exactly zero one) and the data loss "
+                    "does not change with it on these examples: the variable is "
+                    "not used, or every unit it feeds is inactive."
+                )
     if record["grads"].get("data") is not None:
         largest = float(np.max(np.abs(record["grads"]["data"]), initial=0.0))
         if 0.0 < largest < _TINY_GRADIENT:
@@ -829,9 +828,10 @@ def _variable_findings(check: VariableCheck, precision) -> list:
                 "gradient_missing",
                 "warning",
                 f"{check.path} (layer {check.layer}) gets no gradient and the loss "
-                "does not depend on it: it never changes during training.",
-                "Check that the layer is connected to the model's output, or "
-                "mark it `trainable=False`.",
+                "does not depend on it on the checked examples: training will not "
+                "change it.",
+                "Check that the layer is connected to the model's output (or mark "
+                "it `trainable=False`); if it feeds ReLUs, they may all be dead.",
                 where=check.path,
             )
         )
