@@ -114,3 +114,12 @@ def test_gradient_depth_needs_the_halves_to_agree():
     # and the deep half have the same median: no trend.
     scales = [("a", 1e-3), ("b", 1e-9), ("c", 1e-5), ("d", 1e-5), ("e", 1e-3)]
     assert rules.gradient_depth(scales) == []
+
+
+def test_norms_do_not_overflow_in_float32_and_take_ints():
+    big = np.full(4, 1e20, np.float32)  # its squares overflow float32
+    assert nd.l2_norm([big]) == pytest.approx(2e20, rel=1e-6)
+    assert nd.l2_norm([np.array([3, 4])]) == 5.0
+    assert nd.mean_and_std(np.array([1, 3], np.int8)) == (2.0, 1.0)
+    half = np.array([1e4, 1e4], np.float16)  # float16 squares overflow
+    assert nd.l2_norm([half]) == pytest.approx(np.sqrt(2) * 1e4, rel=1e-3)

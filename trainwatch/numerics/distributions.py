@@ -153,16 +153,22 @@ def saturated_units(output, ids, bounds, threshold=0.97, min_fraction=0.9) -> Un
 def mean_and_std(values) -> tuple[float, float]:
     """Mean and standard deviation of the finite values (`nan` if none).
 
+    Accumulates in float64 without a float64 copy of the data.
+
     Example:
 
     >>> mean_and_std(np.array([1.0, 3.0, np.nan]))
     (2.0, 1.0)
     """
-    data = np.asarray(values, dtype=np.float64).ravel()
-    data = data[np.isfinite(data)]
+    data = np.asarray(values).reshape(-1)
+    if data.dtype.kind != "f" or data.dtype.itemsize < 4:
+        data = data.astype(np.float32 if data.dtype.itemsize < 4 else np.float64)
+    finite = np.isfinite(data)
+    if not finite.all():
+        data = data[finite]
     if not data.size:
         return float("nan"), float("nan")
-    return float(data.mean()), float(data.std())
+    return float(data.mean(dtype=np.float64)), float(data.std(dtype=np.float64))
 
 
 def l2_norm(arrays) -> float:
@@ -177,16 +183,27 @@ def l2_norm(arrays) -> float:
     return float(np.sqrt(total))
 
 
-_CHUNK = 1 << 18  # float64 values at a time: a few MB, however large the array
+_CHUNK = 1 << 18  # values at a time: a few MB, however large the array
 
 
 def _sum_of_squares(array) -> float:
-    """Sum of squares in float64, a chunk at a time (no full float64 copy)."""
+    """Sum of squares, a chunk at a time (no full float64 copy).
+
+    float32 chunks are summed in float32 (BLAS, fast; relative error ~1e-6)
+    unless that overflows, then again in float64.
+    """
     flat = np.asarray(array).reshape(-1)
+    if flat.dtype.kind != "f" or flat.dtype.itemsize < 4:
+        flat = flat.astype(np.float32 if flat.dtype.itemsize < 4 else np.float64)
     total = 0.0
     for start in range(0, flat.size, _CHUNK):
-        chunk = flat[start : start + _CHUNK].astype(np.float64)
-        total += float(np.dot(chunk, chunk))
+        chunk = flat[start : start + _CHUNK]
+        with np.errstate(over="ignore"):
+            part = float(np.dot(chunk, chunk))
+        if not np.isfinite(part) and flat.dtype != np.float64:
+            wide = chunk.astype(np.float64)
+            part = float(np.dot(wide, wide))
+        total += part
     return total
 
 
