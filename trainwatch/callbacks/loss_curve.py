@@ -3,14 +3,14 @@
 What it writes (TensorBoard, Keras's `train`/`validation` run layout):
 
 * every `update_freq` steps, in `train`, x-axis in global steps:
-  `batch_loss` (the loss of that batch itself, recovered from Keras's running
-  means), `batch_loss_log10` and `batch_running_loss` (Keras's running mean
-  since the epoch began, what the progress bar shows); at each epoch's start
-  and end, `epoch` (epochs elapsed: plotted against steps, a line to read the
-  step axis in epochs). With `steps_per_execution > 1`
-  the hooks come every few steps and the batch's own loss cannot be
-  recovered: `window_loss` (and `window_loss_log10`), the mean loss of the
-  batches run since the previous hook, replaces `batch_loss`.
+  `batch_loss`, the loss of that batch itself, recovered from Keras's running
+  means, and `batch_loss_log10`; at each epoch's start and end, `epoch`
+  (epochs elapsed: plotted against steps, a line to read the step axis in
+  epochs). With `steps_per_execution = s > 1` the hooks come every `s` steps
+  and a single batch's loss cannot be recovered: `window_loss` (and
+  `window_loss_log10`), the mean loss of the `s` batches run since the
+  previous hook, replaces `batch_loss`. The epoch's last batch, which may be
+  smaller than the others, is left out (the recovery assumes equal sizes).
 * every epoch, x-axis in epochs: every entry of Keras's logs, `epoch_<name>`,
   training values in `train` and `val_*` values in `validation` under the
   same tag (`epoch_loss`, `epoch_accuracy`, custom metrics alike), and in
@@ -138,8 +138,9 @@ class LossCurve(Monitor):
         self._epoch_start_step = 0
         self._means = {}
         self._points = deque(maxlen=_MAX_POINTS_PER_EPOCH)
+        self._queue = deque()
+        self._drain_every = 32 if update_freq == "epoch" else min(update_freq, 32)
         self._writer = None
-        self._last_epoch_end_step = None
 
     # -- Keras hooks ---------------------------------------------------------
     def begin(self):
@@ -151,6 +152,7 @@ class LossCurve(Monitor):
         self._writer = self.context.writer("train")
 
     def epoch_begin(self, epoch):
+        self._drain()
         self._global_epoch = max(int(epoch), self._global_epoch + 1)
         self._epoch_start_step = self.context.step
         with self._lock:
@@ -158,16 +160,32 @@ class LossCurve(Monitor):
             self._points.clear()
 
     def on_train_batch_end(self, batch, logs=None):
-        # Runs in Keras's worker threads on JAX/PyTorch, possibly out of order:
-        # no device work, no shared timers, state under a lock.
+        # Runs in Keras's worker threads on JAX/PyTorch, possibly out of order.
+        # Kept to a few microseconds: queue the running mean; the queue is
+        # worked off every `update_freq` batches, at a non-finite loss and at
+        # the epoch's end (under a lock, no device work, no shared timers).
         if self.disabled or not logs:
             return
+        loss = logs.get("loss")
+        if loss is None:
+            return
+        self._queue.append((batch, loss))
+        if not -math.inf < loss < math.inf or len(self._queue) >= self._drain_every:
+            self._drain()
+
+    def _drain(self):
         try:
-            self._batch_end(int(batch), logs)
+            with self._lock:
+                items = []
+                while self._queue:
+                    items.append(self._queue.popleft())
+                for batch, loss in sorted(items, key=lambda item: item[0]):
+                    self._batch_end(int(batch), _number(loss))
         except Exception as error:  # never crash training
             self.guard("batch_end", _reraise, error)
 
     def epoch_end(self, epoch, logs):
+        self._drain()  # Keras has run every batch hook of the epoch by now
         writer = self.context.writer("train")
         val_writer = None
         g = self._global_epoch if self._global_epoch >= 0 else int(epoch)
@@ -190,10 +208,10 @@ class LossCurve(Monitor):
             if gaps:
                 writer.scalars({f"gap/{n}": v for n, v in gaps.items()}, step=g)
             # epochs elapsed against steps: a straight line within each epoch
-            if self._epoch_start_step != self._last_epoch_end_step:
-                writer.scalar("epoch", g, step=self._epoch_start_step)
+            # (each epoch's start is the previous end, written before)
+            if self._epoch_start_step == 0:
+                writer.scalar("epoch", g, step=0)
             writer.scalar("epoch", g + 1, step=self.context.step)
-            self._last_epoch_end_step = self.context.step
             if val:
                 val_writer = self.context.writer("validation")
                 val_writer.scalars({f"epoch_{n}": v for n, v in val.items()}, step=g)
@@ -216,8 +234,8 @@ class LossCurve(Monitor):
             self.context.report(finding)
 
     # -- internals -----------------------------------------------------------
-    def _batch_end(self, batch, logs):
-        loss = _number(logs.get("loss"))
+    def _batch_end(self, batch, loss):
+        """Takes in one running mean (called under the lock, in batch order)."""
         if loss is None:
             return
         spe = self._steps_per_execution
@@ -227,23 +245,21 @@ class LossCurve(Monitor):
         step = start + after
         if self._owns_context and step > self.context.step:
             self.context.step = step  # monotone even when hooks run out of order
-        freq = self.update_freq
-        write = freq != "epoch" and (start + after) // freq > (start + before) // freq
-        with self._lock:
-            self._means[after] = loss
-            pairs = []
-            if before == 0:
-                pairs.append((0, 0.0, after, loss))
-            elif before in self._means:
-                pairs.append((before, self._means[before], after, loss))
-            following = (
-                after + spe if self._steps is None else min(after + spe, self._steps)
-            )
-            if following in self._means and following > after:
-                pairs.append((after, loss, following, self._means[following]))
+        self._means[after] = loss
+        pairs = []
+        if before == 0:
+            pairs.append((0, 0.0, after, loss))
+        elif before in self._means:
+            pairs.append((before, self._means[before], after, loss))
+        following = (
+            after + spe if self._steps is None else min(after + spe, self._steps)
+        )
+        if following in self._means and following > after:
+            pairs.append((after, loss, following, self._means[following]))
+        if len(self._means) > 256:
             for old in [k for k in self._means if k < after - 64 * spe]:
                 del self._means[old]
-        to_write = {step: {"batch_running_loss": loss}} if write else {}
+        to_write = {}
         for count_before, mean_before, count_after, mean_after in pairs:
             # A running mean stays non-finite for the rest of the epoch once a
             # batch loss is: the first non-finite mean follows a finite one.
@@ -266,10 +282,9 @@ class LossCurve(Monitor):
         start = self._epoch_start_step
         step = start + count_after
         batches = count_after - count_before
-        with self._lock:
-            if self.initial_loss is None and count_before == 0:
-                self.initial_loss = value
-            self._points.append((step, value, batches))
+        if self.initial_loss is None and count_before == 0:
+            self.initial_loss = value
+        self._points.append((step, value, batches))
         freq = self.update_freq
         if (
             freq == "epoch"
@@ -284,10 +299,9 @@ class LossCurve(Monitor):
         return values
 
     def _on_non_finite(self, loss, step):
-        with self._lock:
-            if self._nan_seen:
-                return
-            self._nan_seen = True
+        if self._nan_seen:
+            return
+        self._nan_seen = True
         if self.stop_on_nan and self._model is not None:
             self._model.stop_training = True
         self.context.report(
@@ -312,7 +326,8 @@ class LossCurve(Monitor):
         g = self._global_epoch
         loss = train.get("loss")
         if loss is not None and not math.isfinite(loss):
-            self._on_non_finite(loss, step)
+            with self._lock:
+                self._on_non_finite(loss, step)
             return
         if self._nan_seen:
             return
