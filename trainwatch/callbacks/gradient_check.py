@@ -7,7 +7,8 @@ started to fall), then every few epochs or steps. It is scheduled in the epoch
 hook by default, so Keras's asynchronous batch dispatch stays on; with a step
 frequency it adds a batch hook that only compares integers until a check is
 due. Each check is bounded (a few forward passes per variable on a few
-examples); later checks are skipped while trainwatch is over its time budget.
+examples); inside `TrainWatch`, later checks are skipped while trainwatch is
+over its time budget.
 
 Logged (run `train`): `gradcheck/<variable.path>` (log10 of the relative error),
 `gradcheck_estimate/<variable.path>` (log10 of the check's own error estimate),
@@ -228,8 +229,10 @@ class GradientCheck(Monitor):
                 if self.wait_for_loss_drop and step < self.max_warmup_steps:
                     if not self._loss_has_fallen():
                         return None
-            elif not self.context.can_afford(f"{type(self).__name__}.check"):
-                return None  # over trainwatch's time budget: skip this one
+            elif not self._owns_context and not self.context.can_afford(
+                f"{type(self).__name__}.check"
+            ):
+                return None  # inside TrainWatch, over its time budget: skip this one
         return self.guard("check", self._check)
 
     def _probe_loss(self):

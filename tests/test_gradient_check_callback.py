@@ -1,0 +1,179 @@
+"""`GradientCheck` in `model.fit`: schedule, logs, findings, failure actions."""
+
+import json
+import os
+
+import keras
+import pytest
+from keras.src.utils import python_utils
+from test_gradient_check import GradScaledDense, UnregisteredDense, batch, with_custom
+
+from trainwatch.callbacks.gradient_check import (
+    GradientCheck,
+    GradientCheckError,
+    parse_check_freq,
+)
+from trainwatch.findings import FINDINGS_FILENAME
+from trainwatch.tensorboard import read_events
+
+
+def mlp(learning_rate=0.05):
+    model = keras.Sequential(
+        [
+            keras.Input((10,)),
+            keras.layers.Dense(12, activation="tanh"),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate),
+        loss="sparse_categorical_crossentropy",
+    )
+    return model
+
+
+X, Y = batch(n=64)
+
+
+def fit(model, callback, epochs=3, n=32):
+    return model.fit(
+        X[:n], Y[:n], batch_size=8, epochs=epochs, verbose=0, callbacks=[callback]
+    )
+
+
+def data():
+    return X[:8], Y[:8]
+
+
+def test_checks_after_warmup_every_epoch_and_logs(tmp_path):
+    model = mlp()
+    check = GradientCheck(
+        str(tmp_path), data=data(), warmup_steps=6, wait_for_loss_drop=False, verbose=0
+    )
+    assert python_utils.is_default(check.on_train_batch_end)  # async dispatch stays
+    fit(model, check)  # 4 steps an epoch: epoch ends at steps 4, 8, 12
+
+    assert [step for step, _ in check.results] == [8, 12]
+    assert check.last_result.passed and check.last_result.precision == "float64"
+    train = read_events(str(tmp_path))["train"]
+    for variable in model.trainable_variables:
+        series = train.scalars[f"gradcheck/{variable.path}"]
+        assert [event.step for event in series] == [8, 12]
+        assert all(event.value < -6 for event in series)  # relative error < 1e-6
+        assert f"gradcheck_estimate/{variable.path}" in train.scalars
+    assert [e.value for e in train.scalars["gradcheck_summary/wrong_variables"]] == [
+        0,
+        0,
+    ]
+    [first, _] = train.texts["gradcheck_summary/table"]
+    assert first.step == 8 and "| variable |" in first.text
+    assert model.trainable_variables[0].path in first.text
+    codes = {f.code for f in check.context.findings}
+    assert not codes & {"gradient_wrong", "gradient_suspicious", "gradient_missing"}
+
+
+def test_step_frequency_uses_a_sparse_batch_hook():
+    model = mlp()
+    check = GradientCheck(
+        data=data(), warmup_steps=2, wait_for_loss_drop=False, check_freq=3, verbose=0
+    )
+    assert not python_utils.is_default(check.on_train_batch_end)
+    fit(model, check, epochs=1, n=64)  # 8 steps
+    assert [step for step, _ in check.results] == [4, 7]
+
+
+def test_waits_for_the_loss_to_fall_but_not_forever():
+    falling = GradientCheck(data=data(), warmup_steps=1, max_warmup_steps=6, verbose=0)
+    fit(mlp(learning_rate=0.5), falling)
+    assert [step for step, _ in falling.results][0] == 4
+
+    stuck = GradientCheck(data=data(), warmup_steps=1, max_warmup_steps=6, verbose=0)
+    fit(mlp(learning_rate=0.0), stuck)  # the loss never falls
+    assert [step for step, _ in stuck.results] == [8, 12]
+
+
+def test_wrong_gradient_warns_and_is_a_finding(tmp_path):
+    model = with_custom(GradScaledDense(12, scale=1.001, name="scaled"))
+    check = GradientCheck(
+        str(tmp_path), data=data(), warmup_steps=0, wait_for_loss_drop=False, verbose=0
+    )
+    with pytest.warns(RuntimeWarning, match="wrong gradient for .*scaled/kernel"):
+        history = fit(model, check, epochs=2)
+    assert len(history.history["loss"]) == 2  # "warn" does not stop training
+    path = next(v.path for v in model.trainable_variables if "scaled/kernel" in v.path)
+    with open(os.path.join(tmp_path, FINDINGS_FILENAME)) as f:
+        findings = json.load(f)["findings"]
+    [wrong] = [f for f in findings if f["code"] == "gradient_wrong"]
+    assert wrong["where"] == path and wrong["step"] == 4 and wrong["epoch"] == 0
+    train = read_events(str(tmp_path))["train"]
+    assert train.scalars[f"gradcheck/{path}"][0].value == pytest.approx(-3, abs=0.05)
+    assert train.scalars["gradcheck_summary/wrong_variables"][0].value == 1
+
+
+def test_on_failure_stop_and_raise():
+    stop = GradientCheck(
+        data=data(), warmup_steps=0, wait_for_loss_drop=False, on_failure="stop"
+    )
+    model = with_custom(GradScaledDense(12, scale=0.0, name="zeroed"))
+    with pytest.warns(RuntimeWarning):
+        history = fit(model, stop, epochs=5)
+    assert len(history.history["loss"]) == 1
+
+    fail = GradientCheck(
+        data=data(), warmup_steps=0, wait_for_loss_drop=False, on_failure="raise"
+    )
+    model = with_custom(GradScaledDense(12, mode="missing", name="cut"))
+    with pytest.warns(UserWarning), pytest.raises(GradientCheckError, match="cut"):
+        fit(model, fail, epochs=5)  # Keras warns too: no gradient for the kernel
+
+
+def test_float32_fallback_is_reported_and_training_goes_on():
+    model = with_custom(UnregisteredDense(12))
+    check = GradientCheck(
+        data=data(), warmup_steps=0, wait_for_loss_drop=False, max_checks=1, verbose=0
+    )
+    history = fit(model, check, epochs=2)
+    assert len(history.history["loss"]) == 2 and len(check.results) == 1
+    assert check.last_result.precision == "float32"
+    codes = [f.code for f in check.context.findings]
+    assert "gradient_check_imprecise" in codes and "gradient_wrong" not in codes
+
+
+def test_unbuilt_model_is_a_finding_not_a_crash():
+    model = keras.Sequential([keras.layers.Dense(3)])
+    model.compile(optimizer="sgd", loss="mse")
+    check = GradientCheck(data=data(), warmup_steps=0, wait_for_loss_drop=False)
+    check.set_model(model)
+    check.on_train_begin()
+    check.on_epoch_begin(0)
+    check.on_epoch_end(0, {})
+    check.on_train_end({})
+    [finding] = list(check.context.findings)
+    assert finding.code == "monitor_failed" and "not built" in finding.message
+    assert check.results == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"data": None}, "data"),
+        ({"check_freq": "weekly"}, "check_freq"),
+        ({"check_freq": 0}, "check_freq"),
+        ({"on_failure": "explode"}, "on_failure"),
+        ({"warmup_steps": -1}, "warmup_steps"),
+        ({"max_checks": 0}, "max_checks"),
+        ({"coordinates": -2}, "coordinates"),
+        ({"colour": "red"}, "check_options"),
+    ],
+)
+def test_bad_arguments_fail_early(kwargs, name):
+    arguments = {"data": data(), **kwargs}
+    with pytest.raises(ValueError, match=f"Received: {name}="):
+        GradientCheck(**arguments)
+
+
+def test_parse_check_freq():
+    assert parse_check_freq("epoch") == (1, "epoch")
+    assert parse_check_freq("2 epochs") == (2, "epoch")
+    assert parse_check_freq("50 steps") == (50, "step")
+    assert parse_check_freq(7) == (7, "step")
