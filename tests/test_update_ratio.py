@@ -6,7 +6,11 @@ import pytest
 from sklearn.datasets import load_digits
 
 from trainwatch.callbacks.loss_curve import LossCurve
-from trainwatch.callbacks.update_ratio import UpdateRatio, _is_sample_step
+from trainwatch.callbacks.update_ratio import (
+    UpdateRatio,
+    _is_sample_step,
+    _next_sample_step,
+)
 from trainwatch.tensorboard import read_events
 
 
@@ -120,17 +124,13 @@ def test_tags_layout_and_sampling(tmp_path, backend_name, steps_per_execution):
     }
 
 
-def test_sample_steps():
-    assert [t for t in range(1, 121) if _is_sample_step(t, 50)] == [
-        1,
-        2,
-        4,
-        8,
-        16,
-        32,
-        50,
-        100,
-    ]
+@pytest.mark.parametrize("freq", [1, 2, 3, 7, 16, 50])
+def test_sample_steps(freq):
+    steps = [t for t in range(1, 241) if _is_sample_step(t, freq)]
+    if freq == 50:
+        assert steps == [1, 2, 4, 8, 16, 32, 50, 100, 150, 200]
+    following = [_next_sample_step(done, freq) for done in range(0, 200)]
+    assert following == [min(t for t in steps if t > done) for done in range(200)]
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,11 @@ whose weights are all zero, such as biases at initialization, are skipped
 until they are not), and the band `update_ratio_band/{low,healthy,high}`; a
 custom-scalars layout (Custom Scalars tab) charts the layers against the
 shaded healthy band.
+
+Example:
+
+>>> [t for t in range(1, 121) if _is_sample_step(t, 50)]
+[1, 2, 4, 8, 16, 32, 50, 100]
 """
 
 from __future__ import annotations
@@ -89,6 +94,15 @@ def _is_sample_step(step, freq):
     if step % freq == 0:
         return True
     return step < freq and step & (step - 1) == 0
+
+
+def _next_sample_step(steps_done, freq):
+    """The first sample step after `steps_done` steps."""
+    step = steps_done + 1
+    if step < freq:
+        power = 1 << (step - 1).bit_length()  # smallest power of two >= step
+        return min(power, freq)
+    return -(-step // freq) * freq
 
 
 def _positive(name, value):
@@ -195,6 +209,7 @@ class UpdateRatio(Monitor):
         self._learning_rate = None
         self._layout_written = False
         self._seen_high = False
+        self._band_drawn = False
 
     # -- Keras hooks ---------------------------------------------------------
     def begin(self):
@@ -228,6 +243,9 @@ class UpdateRatio(Monitor):
             # The epoch's end: JAX has synced the model's variables by now.
             self._complete([v.value for v in self._variables])
         self._resolve()
+        writer = self.context.writer("train")
+        if writer is not None and self._band_drawn:
+            writer.scalars(self._band_values(), step=self.context.step)
 
     def end(self, logs):
         self._snapshot = None
@@ -241,11 +259,8 @@ class UpdateRatio(Monitor):
         return max(1, min(self._spe, self._steps - batch))
 
     def _samples_in(self, batch, steps_done):
-        span = self._span(batch)
-        return any(
-            _is_sample_step(t, self.update_freq)
-            for t in range(steps_done + 1, steps_done + span + 1)
-        )
+        next_sample = _next_sample_step(steps_done, self.update_freq)
+        return next_sample <= steps_done + self._span(batch)
 
     def _batch_begin(self, batch):
         steps_done = self._epoch_start_step + batch
@@ -301,10 +316,9 @@ class UpdateRatio(Monitor):
                 values[f"update_ratio_layer/{layer}"] = math.log10(ratio)
         writer = self.context.writer("train")
         if writer is not None and values:
-            low, high = self.band
-            values["update_ratio_band/low"] = math.log10(low)
-            values["update_ratio_band/healthy"] = math.log10(ur.HEALTHY_RATIO)
-            values["update_ratio_band/high"] = math.log10(high)
+            if not self._band_drawn:
+                values.update(self._band_values())
+                self._band_drawn = True
             writer.scalars(values, step=step)
         findings = dynamics.update_ratio_findings(
             {path: self.history.get(path, ()) for path in self._judged},
@@ -322,6 +336,16 @@ class UpdateRatio(Monitor):
                 # knocked dead (dead ReLUs), not a learning rate too low.
                 continue
             self.context.report(finding)
+
+    def _band_values(self):
+        """The band as constant series (written at the first sample and at each
+        epoch end: a straight line needs no more points)."""
+        low, high = self.band
+        return {
+            "update_ratio_band/low": math.log10(low),
+            "update_ratio_band/healthy": math.log10(ur.HEALTHY_RATIO),
+            "update_ratio_band/high": math.log10(high),
+        }
 
     def _write_layout(self):
         writer = self.context.writer("train")
