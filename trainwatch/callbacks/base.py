@@ -115,13 +115,17 @@ class RunContext:
         """The TensorBoard writer of a run (`"train"`, `"validation"`), or `None`.
 
         Writers are created on first use, so no empty event files appear.
+        Each event is handed to the OS as it is written (a few microseconds),
+        so a `fit` stopped by an exception or Ctrl-C leaves everything logged
+        so far readable: Keras calls no `on_train_end` then.
         """
         if self.log_dir is None:
             return None
         if run not in self._writers:
             from trainwatch.tensorboard import SummaryWriter
 
-            self._writers[run] = SummaryWriter(os.path.join(self.log_dir, run))
+            path = os.path.join(self.log_dir, run)
+            self._writers[run] = SummaryWriter(path, flush_secs=0.0)
         return self._writers[run]
 
     def report(self, finding: Finding) -> bool:
