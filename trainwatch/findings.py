@@ -128,7 +128,9 @@ class FindingLog:
 
     Args:
         path: File to save the findings to as JSON after every addition, or
-            `None` to keep them in memory only. Defaults to `None`.
+            `None` to keep them in memory only. The file may be shared (two
+            runs into one log dir): findings already in it are kept, ours are
+            added. Defaults to `None`.
 
     Example:
 
@@ -176,14 +178,33 @@ class FindingLog:
         return {"findings": [f.to_dict() for f in self._findings]}
 
     def save(self, path: str | None = None) -> None:
-        """Writes the findings as JSON (atomically: temp file, then rename)."""
+        """Writes the findings as JSON (atomically: temp file, then rename).
+
+        Saving to the log's own `path` keeps the findings already in that file
+        (another run into the same log dir), so no run's findings are lost.
+        """
         path = path or self.path
         if path is None:
             raise ValueError("No path to save findings to. Received: path=None")
-        tmp = f"{path}.tmp"
+        data = self.to_json_dict()
+        if path == self.path:
+            ours = data["findings"]
+            others = [d for d in _saved_finding_dicts(path) if d not in ours]
+            data["findings"] = others + ours
+        tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_json_dict(), f, indent=2)
+            json.dump(data, f, indent=2)
         os.replace(tmp, path)
+
+
+def _saved_finding_dicts(path: str) -> list[dict]:
+    """The finding dicts in a findings file; `[]` if it is missing or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            findings = json.load(f).get("findings", [])
+        return [Finding.from_dict(d).to_dict() for d in findings]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return []
 
 
 def load_findings(path: str) -> list[Finding]:
