@@ -202,25 +202,41 @@ def kernel_init_stats(path, values, activation=None) -> KernelInitStats:
     >>> stats.primary, round(stats.ratio, 2)
     ('he', 0.42)
     """
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(values)
     fan_in, fan_out = compute_fans(values.shape)
     activation = "linear" if activation is None else str(activation)
     family = activation_family(activation)
     references = reference_variances(max(fan_in, 1), max(fan_out, 1), family)
-    variance = float(np.var(values)) if values.size else float("nan")
+    mean, variance = _mean_and_variance(values)
     primary = next(iter(references.values()))
     return KernelInitStats(
         path=str(path),
         shape=tuple(values.shape),
         fan_in=fan_in,
         fan_out=fan_out,
-        mean=float(np.mean(values)) if values.size else float("nan"),
+        mean=mean,
         variance=variance,
         activation=activation,
         family=family,
         references=references,
         ratio=variance / primary,
     )
+
+
+_CHUNK = 1 << 18  # float64 values at a time: a few MB, however large the kernel
+
+
+def _mean_and_variance(values) -> tuple[float, float]:
+    """Mean and variance in float64, a chunk at a time (no full float64 copy)."""
+    flat = values.reshape(-1)
+    if not flat.size:
+        return float("nan"), float("nan")
+    mean = float(np.mean(flat, dtype=np.float64))
+    total = 0.0
+    for start in range(0, flat.size, _CHUNK):
+        chunk = flat[start : start + _CHUNK].astype(np.float64) - mean
+        total += float(np.dot(chunk, chunk))
+    return mean, total / flat.size
 
 
 def rms(values) -> float:

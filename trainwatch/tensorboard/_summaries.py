@@ -33,10 +33,20 @@ __all__ = [
 ]
 
 
+_CHUNK = 1 << 18  # values per step of the histogram (2 MB as float64)
+
+
 def scalar_summary(tag, value):
     """A scalars-plugin summary of one number, stored as float32 like `tf.summary`."""
     with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf
         return scalar_pb(tag, value)
+
+
+def _finite_chunks(data):
+    """`data` (flat) as float64 pieces of its finite values, `_CHUNK` at a time."""
+    for start in range(0, data.size, _CHUNK):
+        chunk = data[start : start + _CHUNK].astype(np.float64)
+        yield chunk[np.isfinite(chunk)]
 
 
 def histogram_summary(tag, values, buckets, description=None):
@@ -44,37 +54,41 @@ def histogram_summary(tag, values, buckets, description=None):
 
     Same format as `histogram_pb` (a `(buckets, 3)` float64 tensor of left edge,
     right edge, count; all-zero when empty; constant data all in the last
-    bucket), computed with `np.bincount` in O(N) memory instead of its
-    O(N * buckets) one-hot matrix.
+    bucket), computed with `np.bincount` instead of its O(N * buckets) one-hot
+    matrix, and a chunk at a time: the extra memory stays a few MB however
+    large `values` is (a weight of a billion numbers makes no float64 copy).
 
     Returns:
         `(summary, dropped)`: the `Summary` and the number of NaN/inf values
         left out.
     """
-    data = np.asarray(values, dtype=np.float64).ravel()
-    finite = np.isfinite(data)
-    dropped = int(data.size - np.count_nonzero(finite))
-    if dropped:
-        data = data[finite]
+    data = np.asarray(values).reshape(-1)
+    count, low, high = 0, np.inf, -np.inf
+    for chunk in _finite_chunks(data):
+        if chunk.size:
+            count += chunk.size
+            low, high = min(low, chunk.min()), max(high, chunk.max())
+    dropped = int(data.size - count)
     table = np.zeros((buckets, 3), dtype=np.float64)
-    if data.size:
-        low, high = data.min(), data.max()
+    if count:
         with np.errstate(over="ignore", invalid="ignore"):
             width = (high - low) / buckets
         if width > 0 and np.isfinite(width):
-            indices = np.floor((data - low) / width).astype(np.int64)
-            np.clip(indices, 0, buckets - 1, out=indices)
             edges = np.linspace(low, high, buckets + 1)
+            for chunk in _finite_chunks(data):
+                indices = np.floor((chunk - low) / width).astype(np.int64)
+                np.clip(indices, 0, buckets - 1, out=indices)
+                table[:, 2] += np.bincount(indices, minlength=buckets)
             table[:, 0], table[:, 1] = edges[:-1], edges[1:]
-            table[:, 2] = np.bincount(indices, minlength=buckets)
         elif width > 0:  # The range overflows float64: split it in halves.
             edges = np.linspace(low / 2, high / 2, buckets + 1) * 2
-            indices = np.searchsorted(edges[1:-1], data, side="right")
+            for chunk in _finite_chunks(data):
+                indices = np.searchsorted(edges[1:-1], chunk, side="right")
+                table[:, 2] += np.bincount(indices, minlength=buckets)
             table[:, 0], table[:, 1] = edges[:-1], edges[1:]
-            table[:, 2] = np.bincount(indices, minlength=buckets)
         else:
             table[:, :2] = low
-            table[-1, 2] = data.size
+            table[-1, 2] = count
     summary = summary_pb2.Summary()
     summary.value.add(
         tag=tag,
