@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 import keras
+import numpy as np
 
 from trainwatch.callbacks.base import Monitor, RunContext
 
@@ -17,6 +18,15 @@ _PARTS = {
     "distributions": ("trainwatch.callbacks.distributions", "Distributions", "probe"),
     "images": ("trainwatch.callbacks.first_layer_images", "FirstLayerImages", None),
     "gradient_check": ("trainwatch.callbacks.gradient_check", "GradientCheck", "data"),
+}
+_NUMERIC_DTYPES = {
+    "bool",
+    *(f"int{b}" for b in (8, 16, 32, 64)),
+    *(f"uint{b}" for b in (8, 16, 32, 64)),
+    "bfloat16",
+    "float16",
+    "float32",
+    "float64",
 }
 _NEEDS_PROBE = ("sanity_check", "input_init", "distributions", "gradient_check")
 
@@ -97,8 +107,9 @@ class TrainWatch(Monitor):
                 "Expected `probe` to be a tuple `(x, y)` of a few training "
                 f"examples. Received: probe={type(probe).__name__}"
             )
+        self.probe = None if probe is None else _check_probe(tuple(probe))
         self._context = RunContext(log_dir, verbose, budget=budget)
-        self.probe = None if probe is None else tuple(probe)
+        self._probe_given_to_parts = False
         self.image_shape = image_shape
         self.parts = []
         self.skipped_parts = {}
@@ -112,6 +123,7 @@ class TrainWatch(Monitor):
                     self.skipped_parts[name] = "no probe batch given"
                     continue
                 kwargs[probe_arg] = self.probe
+                self._probe_given_to_parts = True
             if name == "images" and image_shape is not None:
                 kwargs.setdefault("image_shape", image_shape)
             try:
@@ -159,6 +171,13 @@ class TrainWatch(Monitor):
         for p in self.parts:
             p.set_params(params)
 
+    def on_train_begin(self, logs=None):
+        if self._probe_given_to_parts:
+            # A probe that does not fit the model is the user's argument error:
+            # say so now, before any training time is spent.
+            _check_probe_fits(self._model, self.probe)
+        super().on_train_begin(logs)
+
     def begin(self):
         for name, reason in self.skipped_parts.items():
             if self.verbose_level:
@@ -196,3 +215,65 @@ class TrainWatch(Monitor):
     def end(self, logs):
         for p in self.parts:
             p.on_train_end(logs)
+
+
+def _shapes(data):
+    return keras.tree.map_structure(lambda a: tuple(np.shape(a)), data)
+
+
+def _check_probe(probe):
+    """Checks what can be checked without the model: arity, numbers, lengths."""
+    if len(probe) not in (2, 3):
+        raise ValueError(
+            "Expected `probe` to be `(x, y)` or `(x, y, sample_weight)`. "
+            f"Received: probe with {len(probe)} elements"
+        )
+    lengths = set()
+    for name, data in zip(("x", "y", "sample_weight"), probe):
+        for array in keras.tree.flatten(data) if data is not None else []:
+            dtype = getattr(array, "dtype", None) or np.asarray(array).dtype
+            try:
+                dtype = keras.backend.standardize_dtype(dtype)
+            except (TypeError, ValueError):  # strings, objects
+                pass
+            if dtype not in _NUMERIC_DTYPES:
+                raise TypeError(
+                    f"Expected `probe` to hold numbers, but its {name} has dtype "
+                    f"{dtype}. Pass a few examples of the training data as `fit` "
+                    f"gets them. Received: probe {name} dtype={dtype}"
+                )
+            if not np.shape(array):
+                raise ValueError(
+                    f"Expected `probe` {name} to have a batch axis. "
+                    f"Received: probe {name} shape=()"
+                )
+            lengths.add(np.shape(array)[0])
+    if len(lengths) > 1:
+        raise ValueError(
+            "Expected the arrays of `probe` to hold the same number of examples. "
+            f"Received: probe shapes x={_shapes(probe[0])}, y={_shapes(probe[1])}"
+        )
+    return probe
+
+
+def _check_probe_fits(model, probe):
+    """Raises `ValueError` if the model or its loss cannot take the probe batch."""
+    from trainwatch.backends import model_functions as mf
+
+    try:
+        mf.check_model_ready(model)
+    except (TypeError, ValueError):
+        return  # the parts report what they cannot do with such a model
+    head = [
+        None if d is None else keras.tree.map_structure(lambda a: a[:2], d)
+        for d in probe
+    ]
+    try:
+        mf.compute_loss_parts(model, *mf.convert_batch(tuple(head)))
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"`probe` does not fit model {model.name!r}: {error} Pass a few "
+            "examples of the training data, as `fit` gets them (same input "
+            "shapes, same label format). Received: probe shapes "
+            f"x={_shapes(probe[0])}, y={_shapes(probe[1])}"
+        ) from error
