@@ -36,6 +36,8 @@ X, Y = batch(n=64)
 
 
 def fit(model, callback, epochs=3, n=32):
+    # Eager steps: the tests' models share shapes, so their ops compile once.
+    model.run_eagerly = True
     return model.fit(
         X[:n], Y[:n], batch_size=8, epochs=epochs, verbose=0, callbacks=[callback]
     )
@@ -84,12 +86,12 @@ def test_step_frequency_uses_a_sparse_batch_hook():
 
 def test_waits_for_the_loss_to_fall_but_not_forever():
     falling = GradientCheck(data=data(), warmup_steps=1, max_warmup_steps=6, verbose=0)
-    fit(mlp(learning_rate=0.5), falling)
-    assert [step for step, _ in falling.results][0] == 4
+    fit(mlp(learning_rate=0.5), falling, epochs=1)
+    assert [step for step, _ in falling.results] == [4]
 
     stuck = GradientCheck(data=data(), warmup_steps=1, max_warmup_steps=6, verbose=0)
-    fit(mlp(learning_rate=0.0), stuck)  # the loss never falls
-    assert [step for step, _ in stuck.results] == [8, 12]
+    fit(mlp(learning_rate=0.0), stuck, epochs=2)  # the loss never falls
+    assert [step for step, _ in stuck.results] == [8]
 
 
 def test_wrong_gradient_warns_and_is_a_finding(tmp_path):
@@ -110,6 +112,7 @@ def test_wrong_gradient_warns_and_is_a_finding(tmp_path):
     assert train.scalars["gradcheck_summary/wrong_variables"][0].value == 1
 
 
+@pytest.mark.filterwarnings("ignore:Gradients do not exist")
 def test_on_failure_stop_and_raise():
     stop = GradientCheck(
         data=data(), warmup_steps=0, wait_for_loss_drop=False, on_failure="stop"
@@ -123,8 +126,8 @@ def test_on_failure_stop_and_raise():
         data=data(), warmup_steps=0, wait_for_loss_drop=False, on_failure="raise"
     )
     model = with_custom(GradScaledDense(12, mode="missing", name="cut"))
-    with pytest.warns(UserWarning), pytest.raises(GradientCheckError, match="cut"):
-        fit(model, fail, epochs=5)  # Keras warns too: no gradient for the kernel
+    with pytest.warns(RuntimeWarning), pytest.raises(GradientCheckError, match="cut"):
+        fit(model, fail, epochs=5)
 
 
 def test_float32_fallback_is_reported_and_training_goes_on():
