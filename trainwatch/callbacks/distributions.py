@@ -40,6 +40,23 @@ __all__ = [
 
 _PROBE_PART = "Distributions.probe"
 
+# Layers that pass their input on unchanged in inference mode, or only
+# rearranged: their histograms would repeat the previous layer's.
+_PASS_THROUGH = (
+    keras.layers.Flatten,
+    keras.layers.Reshape,
+    keras.layers.Permute,
+    keras.layers.Identity,
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.SpatialDropout3D,
+    keras.layers.GaussianDropout,
+    keras.layers.GaussianNoise,
+    keras.layers.AlphaDropout,
+    keras.layers.ActivityRegularization,
+)
+
 # Layers whose `activation` attribute is applied to what they output.
 _ACTIVATED_LAYERS = (
     keras.layers.Activation,
@@ -190,7 +207,9 @@ def measure_distributions(model, x, y, sample_weight=None, max_features=4096):
     """Measures every layer and variable on one batch, in one backward pass.
 
     Stateless and in inference mode: the model's weights, optimizer, metrics
-    and random state are untouched.
+    and random state are untouched. Layers that only pass values on
+    (`Flatten`, `Reshape`, `Dropout` in inference mode, ...) are left out:
+    their histograms would repeat the previous layer's.
 
     Args:
         model: A built, compiled Keras model.
@@ -212,11 +231,15 @@ def measure_distributions(model, x, y, sample_weight=None, max_features=4096):
     [('sequential/dense', UnitCount(count=3, total=64))]
     """
     backend = get_backend()
+    probed = [
+        layer for layer in mf.leaf_layers(model) if not isinstance(layer, _PASS_THROUGH)
+    ]
     traces, result = mf.layer_outputs_and_gradients(
         model,
         mf.convert_batch(x),
         mf.convert_batch(y),
         mf.convert_batch(sample_weight),
+        layers=probed,
         max_features=max_features,
         return_weight_gradients=True,
     )
@@ -396,7 +419,8 @@ class Distributions(Monitor):
     At train begin and every `histogram_freq` epochs, runs one stateless
     forward and backward pass on the probe batch (inference mode: dropout off,
     BatchNormalization on its moving statistics) and writes, for every layer
-    reached (nested models and subclassed models included):
+    reached (nested models and subclassed models included; not those that
+    only pass values on, like `Flatten` and `Dropout`):
 
     * histograms `activations/<layer>` and `activation_gradients/<layer>` (the
       output and d(loss)/d(output)), `weights/<variable.path>` and
