@@ -86,7 +86,8 @@ class LossCurve(Monitor):
             runs), or `None` to only report findings. Defaults to `None`.
         update_freq: Write the batch-level loss every this many steps, or
             `"epoch"` to write only per-epoch values (non-finite losses are
-            still caught at every batch). Defaults to `10`.
+            still caught at every batch). Each write costs ~0.1 ms.
+            Defaults to `20`.
         stop_on_nan: Stop training (`model.stop_training = True`) at the first
             non-finite loss. Defaults to `False`: training continues.
         verbose: 0 silent, 1 print each new warning or error finding.
@@ -99,7 +100,7 @@ class LossCurve(Monitor):
     Example:
 
     ```python
-    curve = trainwatch.LossCurve("runs/exp1", update_freq=10)
+    curve = trainwatch.LossCurve("runs/exp1", update_freq=20)
     model.fit(x, y, validation_data=(x_val, y_val), epochs=20, callbacks=[curve])
     [f.code for f in curve.context.findings]   # e.g. ['overfitting']
     ```
@@ -107,7 +108,7 @@ class LossCurve(Monitor):
 
     async_safe = True
 
-    def __init__(self, log_dir=None, update_freq=10, stop_on_nan=False, verbose=1):
+    def __init__(self, log_dir=None, update_freq=20, stop_on_nan=False, verbose=1):
         super().__init__(log_dir=log_dir, verbose=verbose)
         if update_freq != "epoch":
             try:

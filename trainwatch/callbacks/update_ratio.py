@@ -209,7 +209,7 @@ class UpdateRatio(Monitor):
         self._learning_rate = None
         self._layout_written = False
         self._seen_high = False
-        self._band_drawn = False
+        self._next_due = 1
 
     # -- Keras hooks ---------------------------------------------------------
     def begin(self):
@@ -227,25 +227,25 @@ class UpdateRatio(Monitor):
 
     def epoch_begin(self, epoch):
         self._epoch_start_step = self.context.step
+        self._next_due = _next_sample_step(self._epoch_start_step, self.update_freq)
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.disabled or not self._variables:
             return
-        batch = int(batch)
         steps_done = self._epoch_start_step + batch
         if self._owns_context and steps_done > self.context.step:
             self.context.step = steps_done
+        # Most batches: two comparisons and out.
+        if self._snapshot is None and steps_done + self._spe < self._next_due:
+            return
         if self._snapshot is not None or self._samples_in(batch, steps_done):
-            self.guard("update_ratio", self._batch_begin, batch)
+            self.guard("update_ratio", self._batch_begin, int(batch))
 
     def epoch_end(self, epoch, logs):
         if self._snapshot is not None:
             # The epoch's end: JAX has synced the model's variables by now.
             self._complete([v.value for v in self._variables])
         self._resolve()
-        writer = self.context.writer("train")
-        if writer is not None and self._band_drawn:
-            writer.scalars(self._band_values(), step=self.context.step)
 
     def end(self, logs):
         self._snapshot = None
@@ -259,8 +259,8 @@ class UpdateRatio(Monitor):
         return max(1, min(self._spe, self._steps - batch))
 
     def _samples_in(self, batch, steps_done):
-        next_sample = _next_sample_step(steps_done, self.update_freq)
-        return next_sample <= steps_done + self._span(batch)
+        self._next_due = _next_sample_step(steps_done, self.update_freq)
+        return self._next_due <= steps_done + self._span(batch)
 
     def _batch_begin(self, batch):
         steps_done = self._epoch_start_step + batch
@@ -316,9 +316,7 @@ class UpdateRatio(Monitor):
                 values[f"update_ratio_layer/{layer}"] = math.log10(ratio)
         writer = self.context.writer("train")
         if writer is not None and values:
-            if not self._band_drawn:
-                values.update(self._band_values())
-                self._band_drawn = True
+            values.update(self._band_values())  # in the same event: nearly free
             writer.scalars(values, step=step)
         findings = dynamics.update_ratio_findings(
             {path: self.history.get(path, ()) for path in self._judged},
@@ -338,8 +336,7 @@ class UpdateRatio(Monitor):
             self.context.report(finding)
 
     def _band_values(self):
-        """The band as constant series (written at the first sample and at each
-        epoch end: a straight line needs no more points)."""
+        """The band as three constant series, for the charts."""
         low, high = self.band
         return {
             "update_ratio_band/low": math.log10(low),

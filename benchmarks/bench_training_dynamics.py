@@ -1,0 +1,142 @@
+"""Cost of `LossCurve` + `UpdateRatio` at their defaults: fit time over plain fit time.
+
+Run by hand (each backend in its own process, one after the other):
+
+    .venv/bin/python benchmarks/bench_training_dynamics.py
+    .venv/bin/python benchmarks/bench_training_dynamics.py --backends jax --repeats 9
+
+In one process per backend the same digits MLP (64-64-10, standardized
+inputs, Adam 1e-3, batch 32, validation data) is trained by alternating plain
+`fit` calls and `fit` calls with fresh `LossCurve` and `UpdateRatio`
+callbacks writing to a temporary log directory; the first pair warms up
+(compilation) and is not counted. Reported: the median time of each kind and
+their ratio, the median of the per-pair ratios, and the ratio of the median
+process CPU times (steadier on a shared machine). Target: <= 1.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def measure(repeats, epochs):
+    import keras
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from trainwatch.callbacks.loss_curve import LossCurve
+    from trainwatch.callbacks.update_ratio import UpdateRatio
+
+    data = load_digits()
+    x = data.data.astype("float32")
+    y = data.target.astype("int32")
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], y[order]
+    mean, std = x[:1400].mean(0), x[:1400].std(0) + 1e-6
+    x = (x - mean) / std
+    train, val = (x[:1400], y[:1400]), (x[1400:], y[1400:])
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(
+        keras.optimizers.Adam(1e-3),
+        "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+    def fit(watched):
+        callbacks = []
+        if watched:
+            log_dir = tempfile.mkdtemp(prefix="bench_dynamics_")
+            callbacks = [LossCurve(log_dir, verbose=0), UpdateRatio(log_dir, verbose=0)]
+        start, cpu_start = time.perf_counter(), time.process_time()
+        model.fit(
+            *train,
+            validation_data=val,
+            batch_size=32,
+            epochs=epochs,
+            verbose=0,
+            callbacks=callbacks,
+        )
+        return time.perf_counter() - start, time.process_time() - cpu_start
+
+    fit(False), fit(True)  # warm-up: compilation, first writes
+    plain, watched = [], []
+    for i in range(repeats):
+        # alternate which goes first, so drifts in machine load cancel out
+        if i % 2:
+            watched.append(fit(True))
+            plain.append(fit(False))
+        else:
+            plain.append(fit(False))
+            watched.append(fit(True))
+    steps = epochs * -(-len(train[0]) // 32)
+    wall = [t for t, _ in plain], [t for t, _ in watched]
+    cpu = [c for _, c in plain], [c for _, c in watched]
+    return {
+        "backend": keras.backend.backend(),
+        "steps_per_fit": steps,
+        "plain_s": statistics.median(wall[0]),
+        "watched_s": statistics.median(wall[1]),
+        "ratio_of_medians": statistics.median(wall[1]) / statistics.median(wall[0]),
+        "median_pair_ratio": statistics.median(w / p for p, w in zip(*wall)),
+        # process CPU time (all threads): steadier than wall time on a busy host
+        "cpu_ratio_of_medians": statistics.median(cpu[1]) / statistics.median(cpu[0]),
+        "plain_all_s": [round(t, 4) for t in wall[0]],
+        "watched_all_s": [round(t, 4) for t in wall[1]],
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backends", default="tensorflow,jax,torch")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(measure(args.repeats, args.epochs)))
+        return
+    results = []
+    for backend in args.backends.split(","):
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        command = [sys.executable, __file__, "--child"]
+        command += ["--repeats", str(args.repeats), "--epochs", str(args.epochs)]
+        output = subprocess.run(
+            command, env=env, capture_output=True, text=True, check=False
+        )
+        lines = [ln for ln in output.stdout.splitlines() if ln.startswith("RESULT ")]
+        if not lines:
+            print(f"{backend}: failed\n{output.stderr[-2000:]}")
+            continue
+        results.append(json.loads(lines[-1][len("RESULT ") :]))
+    print(
+        f"{'backend':<11}{'steps':>7}{'plain s':>10}{'watched s':>11}"
+        f"{'ratio':>8}{'pair ratio':>12}{'cpu ratio':>11}"
+    )
+    for r in results:
+        print(
+            f"{r['backend']:<11}{r['steps_per_fit']:>7}{r['plain_s']:>10.3f}"
+            f"{r['watched_s']:>11.3f}{r['ratio_of_medians']:>8.3f}"
+            f"{r['median_pair_ratio']:>12.3f}{r['cpu_ratio_of_medians']:>11.3f}"
+        )
+    for r in results:
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
