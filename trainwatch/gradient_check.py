@@ -593,7 +593,7 @@ def _probe_variable(
     evaluator, index, parts, loss, rel, min_scale, coordinates, directions, rng
 ):
     theta32 = evaluator.arrays[index]  # working dtype
-    theta = theta32.astype(np.float64)
+    theta = theta32.astype(np.float64, copy=False)
     step = fd.choose_step(theta, rel, min_scale)
     grads = {}
     for part, grad in parts.items():
@@ -636,8 +636,9 @@ def _probe_variable(
             if multiple == 0:
                 point = base
             else:
-                moved = (theta + (multiple * step) * direction).astype(theta32.dtype)
-                applied = moved.astype(np.float64) - theta
+                moved = theta + (multiple * step) * direction
+                moved = moved.astype(theta32.dtype, copy=False)
+                applied = moved.astype(np.float64, copy=False) - theta
                 point = evaluator(index, moved)
                 for part, grad in grads.items():
                     if grad is not None:
@@ -653,7 +654,6 @@ def _probe_variable(
         "coordinates": picks,
         "grads": grads,
         "lines": lines,
-        "theta_rms": float(np.sqrt(np.mean(theta**2))) if theta.size else 0.0,
     }
 
 

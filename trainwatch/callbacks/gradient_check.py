@@ -194,7 +194,13 @@ class GradientCheck(Monitor):
             self._initial_loss = self._probe_loss()
 
     def epoch_end(self, epoch, logs):
-        if self.check_unit == "epoch" and (epoch + 1) % self.check_every == 0:
+        if self.check_unit == "epoch":
+            if (epoch + 1) % self.check_every == 0:
+                self._maybe_check()
+        elif self._next_step is None or self.context.step >= self._next_step:
+            # A step schedule whose batch hook was not called (a wrapper that
+            # forwards only class-level hooks) still checks at epoch ends.
+            self._next_step = self.context.step + self.check_every
             self._maybe_check()
 
     def end(self, logs):
