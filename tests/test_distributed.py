@@ -15,6 +15,7 @@ import sys
 import textwrap
 
 import keras
+import numpy as np
 import pytest
 
 from trainwatch.findings import FINDINGS_FILENAME, load_findings
@@ -67,15 +68,20 @@ with scope():
         "sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-watch = trainwatch.TrainWatch(sys.argv[1], probe=(x[:32], y[:32]), verbose=0)
+watch = trainwatch.TrainWatch(
+    sys.argv[1], probe=(x[:32], y[:32]), verbose=0, loss_curve={{"update_freq": 2}},
+    gradient_check={{"max_examples": 4, "coordinates": 2}},
+)
 history = model.fit(
     x[:64], y[:64], validation_data=(x[64:], y[64:]),
     epochs={epochs}, batch_size=16, callbacks=[watch], verbose=0,
 )
 print(json.dumps({{
     "replicas": replicas,
-    "epochs_run": len(history.history["loss"]),
+    "loss": history.history["loss"],
+    "val_loss": history.history["val_loss"],
     "parts": [type(p).__name__ for p in watch.parts],
+    "seconds": {{k: round(v, 2) for k, v in watch.context.seconds_by_part.items()}},
 }}))
 """
 
@@ -104,7 +110,7 @@ def run_distributed(backend, log_dir):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def check_logs(log_dir, parts):
+def check_logs(log_dir, info):
     runs = read_events(str(log_dir))
     assert {"train", "validation"} <= set(runs)
     for run in ("train", "validation"):
@@ -122,6 +128,16 @@ def check_logs(log_dir, parts):
     expected = list(range(EPOCHS))  # per-epoch values: x-axis in epochs
     assert epoch_steps == expected
     assert [e.step for e in runs["validation"].scalars["epoch_loss"]] == expected
+    # The values are the global ones Keras reports, not one replica's.
+    np.testing.assert_allclose(
+        [e.value for e in train.scalars["epoch_loss"]], info["loss"], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        [e.value for e in runs["validation"].scalars["epoch_loss"]],
+        info["val_loss"],
+        rtol=1e-5,
+    )
+    assert all(np.isfinite(e.value) for e in train.scalars["batch_loss"])
     assert any(tag.startswith("batch_") for tag in train.scalars), sorted(train.scalars)
     assert any(tag.startswith("update_ratio/") for tag in train.scalars), sorted(
         train.scalars
@@ -140,8 +156,8 @@ def check_logs(log_dir, parts):
 def test_mirrored_strategy_two_cpu_replicas(tmp_path):
     info = run_distributed("tensorflow", tmp_path)
     assert info["replicas"] == 2
-    assert info["epochs_run"] == EPOCHS
-    failed = check_logs(tmp_path, info["parts"])
+    assert len(info["loss"]) == EPOCHS
+    failed = check_logs(tmp_path, info)
     print("parts failing under MirroredStrategy:", failed)
 
 
@@ -152,6 +168,6 @@ def test_mirrored_strategy_two_cpu_replicas(tmp_path):
 def test_keras_data_parallel_two_host_devices(tmp_path):
     info = run_distributed("jax", tmp_path)
     assert info["replicas"] == 2
-    assert info["epochs_run"] == EPOCHS
-    failed = check_logs(tmp_path, info["parts"])
+    assert len(info["loss"]) == EPOCHS
+    failed = check_logs(tmp_path, info)
     print("parts failing under DataParallel:", failed)

@@ -33,7 +33,11 @@ def run_dir(tmp_path_factory):
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     log_dir = str(tmp_path_factory.mktemp("report") / "run")
     watch = trainwatch.TrainWatch(
-        log_dir, probe=(x[:32], y[:32]), verbose=0, gradient_check=False
+        log_dir,
+        probe=(x[:32], y[:32]),
+        verbose=0,
+        gradient_check=False,  # the slow parts are tested elsewhere
+        sanity_check=False,
     )
     model.fit(
         x[:64],

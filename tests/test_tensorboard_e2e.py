@@ -55,7 +55,11 @@ def log_dir(tmp_path_factory):
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     directory = str(tmp_path_factory.mktemp("e2e") / "exp1")
     watch = trainwatch.TrainWatch(
-        directory, probe=(x[:32], y[:32]), verbose=0, gradient_check=False
+        directory,
+        probe=(x[:32], y[:32]),
+        verbose=0,
+        gradient_check=False,  # the slow parts are tested elsewhere
+        sanity_check=False,
     )
     model.fit(
         x[:48],
@@ -194,7 +198,8 @@ def _chromium(url, tmp_path, *mode):
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
         *mode,
         "--window-size=1400,1000",
-        "--virtual-time-budget=15000",
+        # Virtual time (runs ahead when idle): long enough for the cards to draw.
+        "--virtual-time-budget=30000",
         url,
     ]
     return subprocess.run(
@@ -217,11 +222,13 @@ def test_browser_renders_our_scalars(server, tmp_path):
         lambda t: "epoch_loss" in t.get("train", {}),
         "epoch_loss",
     )
-    page = server + "/#timeseries"
+    # The Time Series dashboard, filtered to our per-epoch scalars.
+    page = server + "/?tagFilter=epoch_#timeseries"
     dom = _chromium(page, tmp_path, "--dump-dom")
     assert dom.returncode == 0, dom.stderr.decode(errors="replace")[-2000:]
     html = dom.stdout.decode("utf-8", errors="replace")
     assert "tb-webapp" in html, "TensorBoard's app did not load"
+    assert "Tags matching filter" in html
     assert "epoch_loss" in html, "the Time Series dashboard shows no epoch_loss card"
 
     screenshot = tmp_path / "tensorboard.png"
