@@ -147,6 +147,21 @@ class RunContext:
             writer.flush()
         return True
 
+    def publish_findings(self):
+        """Writes the findings table and file as they stand, even when empty.
+
+        Called at train begin and end, so that a clean run says so in the Text
+        tab and leaves a findings file for `trainwatch report`.
+        """
+        writer = self.writer("train")
+        if writer is not None:
+            writer.text(
+                "trainwatch/findings", findings_markdown(self.findings), self.step
+            )
+            writer.flush()
+        if self.findings.path is not None:
+            self.findings.save()
+
     @contextlib.contextmanager
     def timed(self, part: str):
         """Times the block under `part`; nested blocks are not counted twice.
@@ -321,6 +336,8 @@ class Monitor(keras.callbacks.Callback):
                 with contextlib.suppress(Exception):
                     self.context.step = max(self.context.step, int(iterations.numpy()))
         self.guard("train_begin", self.begin)
+        if self._owns_context:
+            self.guard("findings", self.context.publish_findings)
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._owns_context:
@@ -339,6 +356,8 @@ class Monitor(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.guard("train_end", self.end, dict(logs or {}))
+        if self._owns_context:
+            self.guard("findings", self.context.publish_findings)
         self.context.flush()
 
     def step_for_batch(self, batch) -> int:
