@@ -39,6 +39,7 @@ CODES = (
     "inputs_constant",
     "init_scale_unusual",
     "loss_noisy",
+    "weights_nan",
     "monitor_failed",
 )
 

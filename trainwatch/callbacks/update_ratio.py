@@ -299,6 +299,7 @@ class UpdateRatio(Monitor):
             self._record(step, epoch, spanned, sums[0::2], sums[1::2])
 
     def _record(self, step, epoch, spanned, sq_update, sq_param):
+        self._check_finite(step, epoch, sq_update, sq_param)
         per_variable = ur.ratios(sq_update, sq_param, spanned)
         per_layer = ur.layer_ratios(self._paths, sq_update, sq_param, spanned)
         values = {}
@@ -334,6 +335,24 @@ class UpdateRatio(Monitor):
                 # knocked dead (dead ReLUs), not a learning rate too low.
                 continue
             self.context.report(finding)
+
+    def _check_finite(self, step, epoch, sq_update, sq_param):
+        """Weights that became nan or inf: said even when the loss stays finite
+        (TensorFlow's ReLU turns nan into 0, hiding it from the loss)."""
+        bad = [
+            path
+            for path, u, w in zip(self._paths, sq_update, sq_param)
+            if not (math.isfinite(u) and math.isfinite(w))
+        ]
+        if bad:
+            shown = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+            self.report(
+                "weights_nan",
+                "error",
+                f"{len(bad)} weight(s) became nan or inf by step {step}: {shown}. "
+                "Training continues, but these weights are lost from here on.",
+                dynamics.NAN_ADVICE,
+            )
 
     def _band_values(self):
         """The band as three constant series, for the charts."""
