@@ -313,3 +313,35 @@ def test_inside_trainwatch_probes_and_images_share_one_log(tmp_path):
         2,
         4,
     ]
+
+
+class Branching(keras.Model):
+    """Runs `a` or `b` depending on the data: the remembered plan must adapt."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = keras.layers.Dense(3, name="a")
+        self.b = keras.layers.Dense(3, name="b")
+
+    def build(self, input_shape):
+        self.a.build(input_shape)
+        self.b.build(input_shape)
+
+    def call(self, x):
+        if float(keras.ops.convert_to_numpy(keras.ops.sum(x))) > 0:
+            return self.a(x)
+        return self.b(x)
+
+
+def test_layer_plan_is_remembered_and_renewed_when_the_path_changes():
+    model = Branching()
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.ones((4, 2), "float32")
+    y = np.zeros((4, 3), "float32")
+    model.build(x.shape)
+    first, _ = measure_distributions(model, x, y)
+    again, _ = measure_distributions(model, x, y)
+    other, _ = measure_distributions(model, -x, y)
+    assert [d.layer.name for d in first] == ["a"] == [d.layer.name for d in again]
+    assert [d.layer.name for d in other] == ["b"]
+    np.testing.assert_array_equal(first[0].output_gradient, again[0].output_gradient)

@@ -19,6 +19,7 @@ used, so this module works on every backend without importing one.
 
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple
 
 import keras
@@ -462,44 +463,47 @@ def layer_outputs_and_gradients(
     layers = leaf_layers(model) if layers is None else list(layers)
     loss_fn = make_loss_function(model, x, y, sample_weight, "total", training)
     values = _variable_values(model.trainable_variables)
+    plan_key = (
+        _batch_signature((x, y, sample_weight)),
+        tuple(id(layer) for layer in layers),
+        bool(training),
+    )
+    plan = _plans.get(model, {}).get(plan_key)
 
     rng = np.random.default_rng(seed)
-    with _LayerCapture(layers) as capture:
-        loss_fn(values)  # first pass: which layers run, and their output shapes
-        shapes = {key: tuple(t.shape) for key, t in capture.outputs.items()}
-        order = list(capture.outputs)
-        capture.outputs = {}
-        probes, indices, gathers = [], {}, {}
-        for key in order:
-            batch, feature_shape = shapes[key][0], shapes[key][1:]
-            kept = _sample_features(feature_shape, max_features, rng)
-            indices[key] = kept
-            if kept is None:
-                shape = shapes[key]
+    try:
+        with _LayerCapture(layers) as capture:
+            if plan is None:
+                loss_fn(values)  # which layers run, and their output shapes
+                shapes = {k: tuple(t.shape) for k, t in capture.outputs.items()}
+                order = list(capture.outputs)
+                capture.outputs = {}
+                _plans.setdefault(model, {})[plan_key] = (order, shapes)
             else:
-                shape = (batch, len(kept))
-                size = int(np.prod(feature_shape, dtype=np.int64))
-                inverse = np.full(size, len(kept), dtype="int32")
-                inverse[kept] = np.arange(len(kept), dtype="int32")
-                capture.inverses[key] = keras.ops.convert_to_tensor(inverse)
-                gathers[key] = keras.ops.convert_to_tensor(kept.astype("int32"))
-            probes.append(keras.ops.zeros(shape, dtype=keras.backend.floatx()))
-        n_values = len(values)
-
-        def fn(args):
-            capture.probes = dict(zip(order, args[n_values:]))
-            loss, aux = loss_fn(args[:n_values])
-            outputs = []
-            for key in order:
-                output = capture.outputs[key]
-                if key in gathers:
-                    output = keras.ops.reshape(output, (shapes[key][0], -1))
-                    output = keras.ops.take(output, gathers[key], axis=1)
-                outputs.append(output)
-            return loss, (outputs, aux)
-
-        _, (outputs, aux), grads = backend.value_and_grad(fn, values + probes)
-        capture.probes = {}
+                order, shapes = plan
+            traced = _trace_with_probes(
+                backend, capture, loss_fn, values, order, shapes, max_features, rng
+            )
+    except Exception:
+        if plan is None:
+            raise
+        # The remembered plan did not fit this pass (data-dependent control
+        # flow ran other layers, or gave other shapes): forget it and trace
+        # again with a shape pass; a real error then raises from there.
+        _plans.pop(model, None)
+        return layer_outputs_and_gradients(
+            model,
+            x,
+            y,
+            sample_weight,
+            layers,
+            max_features,
+            training,
+            seed,
+            return_weight_gradients,
+        )
+    order, shapes, indices, outputs, aux, grads = traced
+    n_values = len(values)
 
     by_id = {id(layer): layer for layer in layers}
     traces = []
@@ -520,3 +524,59 @@ def layer_outputs_and_gradients(
     return traces, GradientResult(
         _loss_parts_from_aux(aux), list(grads[:n_values]), "total"
     )
+
+
+# Output shapes of the captured layers, by model, then by batch signature and
+# layers: the shape pass runs once per model and probe shape, not every probe.
+_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _batch_signature(data):
+    return tuple(
+        (tuple(t.shape), str(t.dtype))
+        for t in keras.tree.flatten(data)
+        if hasattr(t, "shape")
+    )
+
+
+def _trace_with_probes(
+    backend, capture, loss_fn, values, order, shapes, max_features, rng
+):
+    """One forward and backward pass with a (sampled) zero probe on every layer.
+
+    Returns:
+        `(order, shapes, indices, outputs, aux, grads)`; `grads` holds the
+        variables' gradients, then the probes'.
+    """
+    probes, indices, gathers = [], {}, {}
+    for key in order:
+        batch, feature_shape = shapes[key][0], shapes[key][1:]
+        kept = _sample_features(feature_shape, max_features, rng)
+        indices[key] = kept
+        if kept is None:
+            shape = shapes[key]
+        else:
+            shape = (batch, len(kept))
+            size = int(np.prod(feature_shape, dtype=np.int64))
+            inverse = np.full(size, len(kept), dtype="int32")
+            inverse[kept] = np.arange(len(kept), dtype="int32")
+            capture.inverses[key] = keras.ops.convert_to_tensor(inverse)
+            gathers[key] = keras.ops.convert_to_tensor(kept.astype("int32"))
+        probes.append(keras.ops.zeros(shape, dtype=keras.backend.floatx()))
+    n_values = len(values)
+
+    def fn(args):
+        capture.probes = dict(zip(order, args[n_values:]))
+        loss, aux = loss_fn(args[:n_values])
+        outputs = []
+        for key in order:
+            output = capture.outputs[key]
+            if key in gathers:
+                output = keras.ops.reshape(output, (shapes[key][0], -1))
+                output = keras.ops.take(output, gathers[key], axis=1)
+            outputs.append(output)
+        return loss, (outputs, aux)
+
+    _, (outputs, aux), grads = backend.value_and_grad(fn, values + probes)
+    capture.probes = {}
+    return order, shapes, indices, outputs, aux, grads
