@@ -248,73 +248,72 @@ def measure_distributions(model, x, y, sample_weight=None, max_features=4096):
     }
     outputs = _output_layer_ids(model, traces)
     query_key = _attention_query_key_ids(model)
-    layers = []
-    for trace in traces:
-        layer = trace.layer
-        output = np.asarray(trace.output).reshape(trace.output.shape[0], -1)
-        gradient = trace.output_gradient
-        if gradient is not None:
-            gradient = np.asarray(gradient).reshape(output.shape)
-        name = activation_name(layer)
-        dead = saturated = None
-        if name in nd.DEAD_ACTIVATIONS or name in nd.SATURATING_ACTIVATIONS:
-            ids = nd.unit_ids(
-                trace.feature_shape, trace.feature_indices, _unit_axis(layer)
-            )
-            if name in nd.DEAD_ACTIVATIONS:
-                dead = nd.dead_units(output, ids)
-            elif id(layer) not in outputs:
-                saturated = nd.saturated_units(
-                    output, ids, nd.SATURATING_ACTIVATIONS[name]
-                )
-        weight_gradients = [
-            gradient_by_id.get(id(v)) for v in layer.trainable_variables
-        ]
-        matrices = [
-            g
-            for v, g in zip(layer.trainable_variables, weight_gradients)
-            if len(v.shape) >= 2
-        ]
-        mean, std = nd.mean_and_std(output)
-        layers.append(
-            LayerDistribution(
-                name=trace.name,
-                layer=layer,
-                activation=name,
-                output=output,
-                output_gradient=gradient,
-                mean=mean,
-                std=std,
-                activation_gradient_norm=(
-                    float("nan") if gradient is None else nd.l2_norm([gradient])
-                ),
-                gradient_norm=(
-                    nd.l2_norm(weight_gradients) if layer.trainable_variables else None
-                ),
-                kernel_gradient_rms=(
-                    nd.rms(matrices)
-                    if _has_matrix_weights(layer) and id(layer) not in query_key
-                    else None
-                ),
-                dead=dead,
-                saturated=saturated,
-            )
+    layers = [
+        _layer_distribution(
+            trace,
+            gradient_by_id,
+            is_output=id(trace.layer) in outputs,
+            in_depth_profile=id(trace.layer) not in query_key,
         )
+        for trace in traces
+    ]
+    return layers, _variable_distributions(model, gradient_by_id, backend)
+
+
+def _layer_distribution(trace, gradient_by_id, is_output, in_depth_profile):
+    layer = trace.layer
+    output = np.asarray(trace.output).reshape(trace.output.shape[0], -1)
+    gradient = trace.output_gradient
+    if gradient is not None:
+        gradient = np.asarray(gradient).reshape(output.shape)
+    name = activation_name(layer)
+    dead = saturated = None
+    if name in nd.DEAD_ACTIVATIONS or name in nd.SATURATING_ACTIVATIONS:
+        ids = nd.unit_ids(trace.feature_shape, trace.feature_indices, _unit_axis(layer))
+        if name in nd.DEAD_ACTIVATIONS:
+            dead = nd.dead_units(output, ids)
+        elif not is_output:  # a confident output layer is not a problem
+            saturated = nd.saturated_units(output, ids, nd.SATURATING_ACTIVATIONS[name])
+    variables = layer.trainable_variables
+    weight_gradients = [gradient_by_id.get(id(v)) for v in variables]
+    matrices = [g for v, g in zip(variables, weight_gradients) if len(v.shape) >= 2]
+    mean, std = nd.mean_and_std(output)
+    return LayerDistribution(
+        name=trace.name,
+        layer=layer,
+        activation=name,
+        output=output,
+        output_gradient=gradient,
+        mean=mean,
+        std=std,
+        activation_gradient_norm=(
+            float("nan") if gradient is None else nd.l2_norm([gradient])
+        ),
+        gradient_norm=nd.l2_norm(weight_gradients) if variables else None,
+        kernel_gradient_rms=(
+            nd.rms(matrices)
+            if in_depth_profile and _has_matrix_weights(layer)
+            else None
+        ),
+        dead=dead,
+        saturated=saturated,
+    )
+
+
+def _variable_distributions(model, gradient_by_id, backend):
     variables = []
     seen = set()
     for variable in model.weights:
-        if id(variable) in seen:
+        if id(variable) in seen or not keras.backend.is_float_dtype(variable.dtype):
             continue
         seen.add(id(variable))
-        if not keras.backend.is_float_dtype(variable.dtype):
-            continue
         path = getattr(variable, "path", None) or variable.name
         variables.append(
             VariableDistribution(
                 path, backend.to_numpy(variable), gradient_by_id.get(id(variable))
             )
         )
-    return layers, variables
+    return variables
 
 
 def distribution_findings(
@@ -507,8 +506,10 @@ class Distributions(Monitor):
         }
         self.last_layers = None
         self.last_variables = None
+        self._probe_tensors = None
 
     def begin(self):
+        self._probe_tensors = None  # converted on the first probe of this fit
         self._probe()
 
     def epoch_end(self, epoch, logs):
@@ -525,7 +526,9 @@ class Distributions(Monitor):
     def _probe_and_report(self):
         model = self.model
         mf.check_model_ready(model)
-        x, y, sample_weight = self.probe
+        if self._probe_tensors is None:
+            self._probe_tensors = tuple(mf.convert_batch(d) for d in self.probe)
+        x, y, sample_weight = self._probe_tensors
         layers, variables = measure_distributions(
             model, x, y, sample_weight, max_features=self.max_features
         )
