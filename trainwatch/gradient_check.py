@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from typing import NamedTuple
 
@@ -374,7 +375,9 @@ def check_gradients(
         ValueError: the model is not built or not compiled, or an option is
             invalid.
         trainwatch.backends.float64.Float64Unavailable: `precision="float64"`
-            and the model cannot be rebuilt in float64.
+            and the model cannot be rebuilt in float64 (with `"auto"`, the
+            check falls back on float32 instead, for this or any failure of
+            the float64 copy).
 
     Example:
 
@@ -402,11 +405,14 @@ def check_gradients(
                         shadow, model, x, y, sample_weight, "float64",
                         relative_step, **options,
                     )  # fmt: skip
-            except float64.Float64Unavailable as error:
+            except Exception as error:
+                # No float64 copy (Float64Unavailable), or the copy would not
+                # run in float64 (a custom loss or layer hard-wired to float32).
                 if precision == "float64":
                     raise
+                reason = _short_reason(error)
                 message = (
-                    f"No float64 copy of the model ({error}) The check ran in "
+                    f"No float64 check possible ({reason}). The check ran in "
                     "float32 on the model itself: only errors above ~1e-2 can "
                     "be told apart from round-off."
                 )
@@ -435,6 +441,23 @@ def check_gradients(
     result.examples = examples
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _short_reason(error) -> str:
+    """Why there is no float64 copy, in one line (Keras's errors dump configs)."""
+    text = str(error)
+    missing = re.search(r"Could not locate class '([^']+)'", text)
+    if missing:
+        return (
+            f"the model uses {missing.group(1)!r}, which is not registered for "
+            "serialization (or has no `get_config`), so it cannot be rebuilt in "
+            "float64"
+        )
+    lines = text.strip().splitlines()
+    first = lines[0].rstrip(".") if lines else type(error).__name__
+    if not isinstance(error, float64.Float64Unavailable):
+        first = f"the float64 copy failed: {type(error).__name__}: {first}"
+    return first if len(first) <= 200 else first[:197] + "..."
 
 
 def _check_aligned(model, shadow):
