@@ -4,6 +4,7 @@ Run by hand (each backend in its own process, one after the other):
 
     .venv/bin/python benchmarks/bench_training_dynamics.py
     .venv/bin/python benchmarks/bench_training_dynamics.py --backends jax --repeats 9
+    .venv/bin/python benchmarks/bench_training_dynamics.py --backends torch --threads 1
 
 In one process per backend the same digits MLP (64-64-10, standardized
 inputs, Adam 1e-3, batch 32, validation data) is trained by alternating plain
@@ -106,6 +107,13 @@ def main(argv=None):
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS for the runs (1 keeps PyTorch from oversubscribing "
+        "a small, busy machine, where its times vary tenfold otherwise)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -114,6 +122,8 @@ def main(argv=None):
     results = []
     for backend in args.backends.split(","):
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
         command = [sys.executable, __file__, "--child"]
         command += ["--repeats", str(args.repeats), "--epochs", str(args.epochs)]
         output = subprocess.run(
