@@ -3,8 +3,9 @@
 A short training run writes its logs; a real `tensorboard` server (a
 subprocess, always killed at teardown) must serve our scalars, histograms,
 images and text through its HTTP data API, and a headless Chromium must render
-the Time Series dashboard with our scalars on it. Run on the JAX backend only
-(the files do not depend on the backend, and CI runs the suite three times).
+the Time Series dashboard with our scalars on it. Run on the PyTorch backend
+only: the files do not depend on the backend, CI runs the suite three times,
+and PyTorch's run is the shortest.
 """
 
 import json
@@ -15,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 
 import keras
@@ -26,8 +27,8 @@ import trainwatch
 from trainwatch.tensorboard import decode_png, read_events
 
 pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "jax",
-    reason="the end-to-end TensorBoard test runs on the JAX backend only "
+    keras.backend.backend() != "torch",
+    reason="the end-to-end TensorBoard test runs on the PyTorch backend only "
     "(the event files do not depend on the backend; this keeps CI short)",
 )
 
@@ -37,9 +38,8 @@ START_TIMEOUT_S = 90  # bounded waits: a broken server fails the test, never han
 BROWSER_TIMEOUT_S = 120
 
 
-@pytest.fixture(scope="module")
-def log_dir(tmp_path_factory):
-    """Logs of a two-epoch TrainWatch run of a tiny convolutional classifier."""
+def train(directory):
+    """Logs a two-epoch TrainWatch run of a tiny convolutional classifier."""
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 8, 8, 1)).astype("float32")
@@ -53,13 +53,15 @@ def log_dir(tmp_path_factory):
         ]
     )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    directory = str(tmp_path_factory.mktemp("e2e") / "exp1")
     watch = trainwatch.TrainWatch(
         directory,
         probe=(x[:32], y[:32]),
         verbose=0,
-        gradient_check=False,  # the slow parts are tested elsewhere
+        # What the viewer shows, without the slow parts (tested elsewhere).
+        gradient_check=False,
         sanity_check=False,
+        input_init=False,
+        update_ratio=False,
     )
     model.fit(
         x[:48],
@@ -71,7 +73,6 @@ def log_dir(tmp_path_factory):
         verbose=0,
     )
     keras.backend.clear_session()
-    return directory
 
 
 def _free_port():
@@ -86,27 +87,35 @@ def _get_json(url):
 
 
 @pytest.fixture(scope="module")
-def server(log_dir):
-    """A real TensorBoard serving `log_dir`; yields its base URL; always killed."""
+def served(tmp_path_factory):
+    """`(url, log_dir)`: a real TensorBoard serving a TrainWatch run's logs.
+
+    The server starts first and loads the files as they are written (it takes
+    seconds to start); it is always killed at the end.
+    """
     if not os.path.exists(TENSORBOARD):
         pytest.skip(f"no tensorboard executable at {TENSORBOARD}")
+    log_dir = tmp_path_factory.mktemp("e2e") / "exp1"
+    log_dir.mkdir()
     port = _free_port()
-    output = open(os.path.join(os.path.dirname(log_dir), "tensorboard.log"), "wb")
+    output = open(log_dir.parent / "tensorboard.log", "wb")
+    command = [TENSORBOARD, "--logdir", str(log_dir), "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--reload_interval", "1"]
     process = subprocess.Popen(
-        [TENSORBOARD, "--logdir", log_dir, "--host", "127.0.0.1", "--port", str(port)],
+        command,
         stdout=output,
         stderr=subprocess.STDOUT,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        start_new_session=True,  # its data server child dies with it
+        start_new_session=True,  # its data server child goes with it
     )
     url = f"http://127.0.0.1:{port}"
     try:
+        train(str(log_dir))
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if process.poll() is not None:
                 output.flush()
-                with open(output.name, encoding="utf-8", errors="replace") as f:
-                    log = f.read()[-3000:]
+                log = (log_dir.parent / "tensorboard.log").read_text(errors="replace")
                 pytest.fail(f"tensorboard exited with {process.returncode}:\n{log}")
             try:
                 _get_json(url + "/data/runs")
@@ -114,22 +123,13 @@ def server(log_dir):
             except (OSError, ValueError):
                 if time.monotonic() > deadline:
                     pytest.fail(f"tensorboard did not answer in {START_TIMEOUT_S} s")
-                time.sleep(0.5)
-        yield url
+                time.sleep(0.25)
+        yield url, str(log_dir)
     finally:
-        _stop(process)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # nothing to save: no waiting
+        process.wait(timeout=30)
         output.close()
-
-
-def _stop(process):
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
 
 
 def _wait_for(fetch, ready, what):
@@ -141,10 +141,11 @@ def _wait_for(fetch, ready, what):
             return result
         if time.monotonic() > deadline:
             pytest.fail(f"TensorBoard never served {what}; last answer: {result}")
-        time.sleep(0.5)
+        time.sleep(0.25)
 
 
-def test_data_api_serves_our_runs_and_tags(server, log_dir):
+def test_data_api_serves_our_runs_and_tags(served):
+    server, log_dir = served
     runs = _wait_for(
         lambda: _get_json(server + "/data/runs"),
         lambda r: {"train", "validation"} <= set(r),
@@ -173,6 +174,16 @@ def test_data_api_serves_our_runs_and_tags(server, log_dir):
     images = tags("images")
     assert ours["train"].images, "FirstLayerImages wrote no image"
     assert set(ours["train"].images) <= set(images["train"])
+
+    tag = sorted(ours["train"].images)[0]
+    entries = _get_json(
+        f"{server}/data/plugin/images/images?"
+        + urllib.parse.urlencode({"run": "train", "tag": tag})
+    )
+    assert entries, f"no images listed for {tag}"
+    url = f"{server}/data/plugin/images/individualImage?{entries[-1]['query']}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.read() == ours["train"].images[tag][-1].png
 
     texts = tags("text")
     assert "trainwatch/findings" in texts["train"]
@@ -215,7 +226,8 @@ def _chromium(url, tmp_path, *mode):
     reason=f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium); "
     "the TensorBoard data API is still tested without it",
 )
-def test_browser_renders_our_scalars(server, tmp_path):
+def test_browser_renders_our_scalars(served, tmp_path):
+    server, _ = served
     # Wait until the data are loaded, so the page shows them on first render.
     _wait_for(
         lambda: _get_json(server + "/data/plugin/scalars/tags"),
@@ -224,16 +236,14 @@ def test_browser_renders_our_scalars(server, tmp_path):
     )
     # The Time Series dashboard, filtered to our per-epoch scalars.
     page = server + "/?tagFilter=epoch_#timeseries"
-    dom = _chromium(page, tmp_path, "--dump-dom")
-    assert dom.returncode == 0, dom.stderr.decode(errors="replace")[-2000:]
-    html = dom.stdout.decode("utf-8", errors="replace")
+    screenshot = tmp_path / "tensorboard.png"
+    browser = _chromium(page, tmp_path, "--dump-dom", f"--screenshot={screenshot}")
+    assert browser.returncode == 0, browser.stderr.decode(errors="replace")[-2000:]
+    html = browser.stdout.decode("utf-8", errors="replace")
     assert "tb-webapp" in html, "TensorBoard's app did not load"
     assert "Tags matching filter" in html
     assert "epoch_loss" in html, "the Time Series dashboard shows no epoch_loss card"
 
-    screenshot = tmp_path / "tensorboard.png"
-    shot = _chromium(page, tmp_path, f"--screenshot={screenshot}")
-    assert shot.returncode == 0, shot.stderr.decode(errors="replace")[-2000:]
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
     pixels = decode_png(screenshot.read_bytes())
     assert pixels.shape[:2] == (1000, 1400)
