@@ -168,10 +168,12 @@ class LossCurve(Monitor):
         if self.disabled or not logs:
             return
         loss = logs.get("loss")
-        if loss is None:
+        try:
+            finite = -math.inf < loss < math.inf
+        except TypeError:  # no loss, or not a number: nothing to watch
             return
         self._queue.append((batch, loss))
-        if not -math.inf < loss < math.inf or len(self._queue) >= self._drain_every:
+        if not finite or len(self._queue) >= self._drain_every:
             self._drain()
 
     def _drain(self):

@@ -201,7 +201,7 @@ class UpdateRatio(Monitor):
         self._variables = []
         self._paths = []
         self._judged = []
-        self._snapshot = None  # (step after, steps spanned, epoch, [copies])
+        self._snapshot = None  # (step after, steps spanned, epoch, flat copy)
         self._pending = []  # [(step, epoch, steps spanned, device vector)]
         self._epoch_start_step = 0
         self._spe = 1
