@@ -7,7 +7,9 @@
    Keras's own `train_on_batch`.
 2. `fit` at defaults with `Distributions(histogram_freq=1)`, against no
    callback and, on TensorFlow, `keras.callbacks.TensorBoard(histogram_freq=1)`.
-   Also `FirstLayerImages` alone.
+   Also `FirstLayerImages` alone. Besides the wall time of `fit` (noisy on a
+   shared machine), the time spent inside each callback's hooks is summed:
+   the callbacks' own cost, compared directly.
 
 Run by hand, one backend at a time; nothing here is asserted:
 
@@ -104,11 +106,41 @@ def bench_probe(kind, x, y, repeats):
     )
 
 
+_HOOKS = (
+    "on_train_begin",
+    "on_train_end",
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+)
+
+
+def time_hooks(callback):
+    """Adds up the wall time spent in `callback`'s hooks (`callback.hook_seconds`)."""
+    callback.hook_seconds = 0.0
+    for name in _HOOKS:
+        original = getattr(callback, name)
+
+        def timed(*args, _original=original, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                callback.hook_seconds += time.perf_counter() - start
+
+        setattr(callback, name, timed)
+    return callback
+
+
 def fit_seconds(kind, x, y, epochs, callbacks):
+    """Wall time of `fit`, and the time spent inside the callbacks' hooks."""
     model = make_model(kind)
+    callbacks = [time_hooks(c) for c in callbacks]
     start = time.perf_counter()
     model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, callbacks=callbacks)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return seconds, sum(c.hook_seconds for c in callbacks)
 
 
 def bench_fit(kind, x, y, epochs, repeats):
@@ -127,12 +159,13 @@ def bench_fit(kind, x, y, epochs, repeats):
         for name, make in setups.items():
             log_dir = tempfile.mkdtemp()
             results[name].append(fit_seconds(kind, x, y, epochs, make(log_dir)))
-    base = statistics.median(results["no callback"])
-    for name, times in results.items():
-        seconds = statistics.median(times)
+    base = statistics.median(seconds for seconds, _ in results["no callback"])
+    for name, runs in results.items():
+        seconds = statistics.median(s for s, _ in runs)
+        in_hooks = statistics.median(h for _, h in runs)
         print(
             f"{kind}: fit {epochs} epochs, {name}: {seconds:.2f} s "
-            f"({seconds / base:.2f}x no callback)"
+            f"({seconds / base:.2f}x no callback), {in_hooks:.3f} s in its hooks"
         )
 
 
