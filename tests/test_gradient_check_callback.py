@@ -6,7 +6,13 @@ import os
 import keras
 import pytest
 from keras.src.utils import python_utils
-from test_gradient_check import GradScaledDense, UnregisteredDense, batch, with_custom
+from test_gradient_check import (  # noqa: F401 (a fixture)
+    GradScaledDense,
+    UnregisteredDense,
+    _one_torch_thread,
+    batch,
+    with_custom,
+)
 
 from trainwatch.callbacks.gradient_check import (
     GradientCheck,
@@ -47,10 +53,18 @@ def data():
     return X[:8], Y[:8]
 
 
+FEW = {"coordinates": 2}  # fewer probes: these tests are about the schedule
+
+
 def test_checks_after_warmup_every_epoch_and_logs(tmp_path):
     model = mlp()
     check = GradientCheck(
-        str(tmp_path), data=data(), warmup_steps=6, wait_for_loss_drop=False, verbose=0
+        str(tmp_path),
+        data=data(),
+        warmup_steps=6,
+        wait_for_loss_drop=False,
+        verbose=0,
+        **FEW,
     )
     assert python_utils.is_default(check.on_train_batch_end)  # async dispatch stays
     fit(model, check)  # 4 steps an epoch: epoch ends at steps 4, 8, 12
@@ -77,7 +91,12 @@ def test_checks_after_warmup_every_epoch_and_logs(tmp_path):
 def test_step_frequency_uses_a_sparse_batch_hook():
     model = mlp()
     check = GradientCheck(
-        data=data(), warmup_steps=2, wait_for_loss_drop=False, check_freq=3, verbose=0
+        data=data(),
+        warmup_steps=2,
+        wait_for_loss_drop=False,
+        check_freq=3,
+        verbose=0,
+        **FEW,
     )
     assert not python_utils.is_default(check.on_train_batch_end)
     fit(model, check, epochs=1, n=64)  # 8 steps
@@ -85,11 +104,15 @@ def test_step_frequency_uses_a_sparse_batch_hook():
 
 
 def test_waits_for_the_loss_to_fall_but_not_forever():
-    falling = GradientCheck(data=data(), warmup_steps=1, max_warmup_steps=6, verbose=0)
+    falling = GradientCheck(
+        data=data(), warmup_steps=1, max_warmup_steps=6, verbose=0, **FEW
+    )
     fit(mlp(learning_rate=0.5), falling, epochs=2)
     assert [step for step, _ in falling.results] == [4, 8]
 
-    stuck = GradientCheck(data=data(), warmup_steps=1, max_warmup_steps=6, verbose=0)
+    stuck = GradientCheck(
+        data=data(), warmup_steps=1, max_warmup_steps=6, verbose=0, **FEW
+    )
     fit(mlp(learning_rate=0.0), stuck, epochs=2)  # the loss never falls
     assert [step for step, _ in stuck.results] == [8]
 
@@ -97,7 +120,12 @@ def test_waits_for_the_loss_to_fall_but_not_forever():
 def test_wrong_gradient_warns_and_is_a_finding(tmp_path):
     model = with_custom(GradScaledDense(12, scale=1.001, name="scaled"))
     check = GradientCheck(
-        str(tmp_path), data=data(), warmup_steps=0, wait_for_loss_drop=False, verbose=0
+        str(tmp_path),
+        data=data(),
+        warmup_steps=0,
+        wait_for_loss_drop=False,
+        verbose=0,
+        **FEW,
     )
     with pytest.warns(RuntimeWarning, match="wrong gradient for .*scaled/kernel"):
         history = fit(model, check, epochs=2)
@@ -115,7 +143,7 @@ def test_wrong_gradient_warns_and_is_a_finding(tmp_path):
 @pytest.mark.filterwarnings("ignore:Gradients do not exist")
 def test_on_failure_stop_and_raise():
     stop = GradientCheck(
-        data=data(), warmup_steps=0, wait_for_loss_drop=False, on_failure="stop"
+        data=data(), warmup_steps=0, wait_for_loss_drop=False, on_failure="stop", **FEW
     )
     model = with_custom(GradScaledDense(12, scale=0.0, name="zeroed"))
     with pytest.warns(RuntimeWarning):
@@ -123,7 +151,7 @@ def test_on_failure_stop_and_raise():
     assert len(history.history["loss"]) == 1
 
     fail = GradientCheck(
-        data=data(), warmup_steps=0, wait_for_loss_drop=False, on_failure="raise"
+        data=data(), warmup_steps=0, wait_for_loss_drop=False, on_failure="raise", **FEW
     )
     model = with_custom(GradScaledDense(12, mode="missing", name="cut"))
     with pytest.warns(RuntimeWarning), pytest.raises(GradientCheckError, match="cut"):
@@ -133,7 +161,12 @@ def test_on_failure_stop_and_raise():
 def test_float32_fallback_is_reported_and_training_goes_on():
     model = with_custom(UnregisteredDense(12))
     check = GradientCheck(
-        data=data(), warmup_steps=0, wait_for_loss_drop=False, max_checks=1, verbose=0
+        data=data(),
+        warmup_steps=0,
+        wait_for_loss_drop=False,
+        max_checks=1,
+        verbose=0,
+        **FEW,
     )
     history = fit(model, check, epochs=2)
     assert len(history.history["loss"]) == 2 and len(check.results) == 1
