@@ -207,9 +207,9 @@ class LossCurve(Monitor):
                 v = val[name]
                 gaps[name] = t - v if higher_is_better(name) else v - t
         if writer is not None:
-            writer.scalars({f"epoch_{n}": v for n, v in train.items()}, step=g)
-            if gaps:
-                writer.scalars({f"gap/{n}": v for n, v in gaps.items()}, step=g)
+            values = {f"epoch_{n}": v for n, v in train.items()}
+            values.update({f"gap/{n}": v for n, v in gaps.items()})
+            writer.scalars(values, step=g)  # one event: metrics and gaps
             # epochs elapsed against steps: a straight line within each epoch
             # (each epoch's start is the previous end, written before)
             if self._epoch_start_step == 0:

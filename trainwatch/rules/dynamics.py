@@ -67,6 +67,15 @@ def _finite(values):
     return array[np.isfinite(array)]
 
 
+def _pairs(first, second):
+    """`(n, 2)` array of the aligned entries where both are finite numbers."""
+    n = min(len(first), len(second))
+    array = np.array([list(first[:n]), list(second[:n])], dtype=np.float64).T.reshape(
+        n, 2
+    )
+    return array[np.isfinite(array).all(axis=1)]
+
+
 def loss_nan(value, step=None, epoch=None, stopping=False, where=None) -> Finding:
     """The `loss_nan` error for the first non-finite loss.
 
@@ -404,15 +413,11 @@ def overfitting(
     >>> overfitting([0.2, 0.1], [0.8, 0.9], [0.98, 0.99], [0.8, 0.8]).message[:36]
     'Training accuracy 0.99 vs validation'
     """
-    if train_scores and val_scores:
-        pairs = [
-            (t, v)
-            for t, v in zip(train_scores, val_scores)
-            if t is not None and v is not None and math.isfinite(t + v)
-        ]
+    if len(train_scores) and len(val_scores):
+        pairs = _pairs(train_scores, val_scores)
         if len(pairs) >= persist:
             t, v = pairs[-1]
-            if all(ti - vi > score_gap for ti, vi in pairs[-persist:]):
+            if np.all(pairs[-persist:, 0] - pairs[-persist:, 1] > score_gap):
                 return Finding(
                     "overfitting",
                     "warning",
@@ -422,13 +427,9 @@ def overfitting(
                     step=step,
                     epoch=epoch,
                 )
-    pairs = [
-        (t, v)
-        for t, v in zip(train_losses, val_losses)
-        if t is not None and v is not None and math.isfinite(t + v)
-    ]
+    pairs = _pairs(train_losses, val_losses)
     if len(pairs) > patience:
-        train, val = np.array(pairs).T
+        train, val = pairs.T
         best = int(np.argmin(val))
         tail_val = val[-(patience + 1) :]
         if (
