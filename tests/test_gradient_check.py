@@ -396,3 +396,20 @@ def test_readable_table_names_variables_and_worst_coordinates():
     assert "| variable |" in markdown and "| wrong |" in markdown
     bad = result.failed[0]
     assert len(bad.coordinates) == 2 and bad.worst()[0].verdict == "wrong"
+
+
+def tiny_mse(y_true, y_pred):
+    return 1e-14 * ops.mean(ops.square(y_true - y_pred))
+
+
+def test_tiny_gradients_are_noted_and_still_judged_by_precision():
+    model = keras.Sequential(
+        [keras.Input((10,)), keras.layers.Dense(4, activation="tanh")]
+    )
+    model.compile(optimizer="sgd", loss=tiny_mse)
+    x, _ = batch()
+    y = np.random.default_rng(2).normal(size=(16, 4))
+    result = check_gradients(model, x, y, coordinates=2)
+    assert result.precision == "float64"
+    assert "tiny" in " ".join(result.variables[0].notes)
+    assert result.passed, str(result)  # float64 keeps its relative precision
