@@ -150,17 +150,35 @@ def _variable_values(variables):
     return [v.value for v in variables]
 
 
-def _ensure_compile_loss_built(model, x, y, training):
+_built_stand_ins: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _built_compile_loss(model, x, y, training):
+    """The model's compiled loss, built, without building the model's own.
+
+    `fit` builds the compiled loss itself when it is unbuilt, and that build
+    draws one shuffle from the global random state (NumPy on JAX, PyTorch's
+    generator on torch). Building the user's object here would make `fit`
+    shuffle differently than without trainwatch, so an unbuilt loss is used
+    through a built stand-in copy instead.
+    """
     compile_loss = getattr(model, "_compile_loss", None)
     if compile_loss is None or compile_loss.built:
-        return
+        return compile_loss
+    stand_in = _built_stand_ins.get(compile_loss)
+    if stand_in is not None:
+        return stand_in
+    stand_in = object.__new__(type(compile_loss))  # copy.copy would pickle it
+    stand_in.__dict__.update(compile_loss.__dict__)
     y_pred, _ = model.stateless_call(
         _variable_values(model.trainable_variables),
         _variable_values(model.non_trainable_variables),
         x,
         **_call_kwargs(model, training),
     )
-    compile_loss.build(y, y_pred)
+    stand_in.build(y, y_pred)
+    _built_stand_ins[compile_loss] = stand_in
+    return stand_in
 
 
 def make_loss_function(model, x, y, sample_weight=None, part="total", training=False):
@@ -179,7 +197,7 @@ def make_loss_function(model, x, y, sample_weight=None, part="total", training=F
     """
     if part not in PARTS:
         raise ValueError(f"Expected part in {PARTS}. Received: part={part!r}")
-    _ensure_compile_loss_built(model, x, y, training)
+    compile_loss = _built_compile_loss(model, x, y, training)
     non_trainable = _variable_values(model.non_trainable_variables)
     kwargs = _call_kwargs(model, training)
     custom_loss = _overrides_compute_loss(model) or model._compile_loss is None
@@ -209,7 +227,7 @@ def make_loss_function(model, x, y, sample_weight=None, part="total", training=F
                     regularization = keras.ops.zeros((), dtype=total.dtype)
                 data = total - regularization
             else:
-                data = model._compile_loss(y, y_pred, sample_weight)
+                data = compile_loss(y, y_pred, sample_weight)
                 if regularization is None:
                     regularization = keras.ops.zeros((), dtype=data.dtype)
                 regularization = keras.ops.cast(regularization, data.dtype)

@@ -32,8 +32,12 @@ _NEEDS_PROBE = ("sanity_check", "input_init", "distributions", "gradient_check")
 
 
 def _is_overridden(callback, hook) -> bool:
-    method = getattr(type(callback), hook)
-    return method is not getattr(keras.callbacks.Callback, hook)
+    """Whether `callback` has its own `hook` (class method or per instance).
+
+    Keras marks its no-op hooks `_is_default`; a part may also attach a hook
+    to the instance (e.g. only when it runs on a step schedule).
+    """
+    return not getattr(getattr(callback, hook), "_is_default", False)
 
 
 class TrainWatch(Monitor):
