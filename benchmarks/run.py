@@ -57,7 +57,11 @@ def make_workload(name, quick):
                     keras.layers.Dense(10, activation="softmax"),
                 ]
             )
-            model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+            model.compile(
+                optimizer="adam",
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
             return model
 
         fit = dict(epochs=2 if quick else 5, batch_size=32)
@@ -75,7 +79,11 @@ def make_workload(name, quick):
                     keras.layers.Dense(10, activation="softmax"),
                 ]
             )
-            model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+            model.compile(
+                optimizer="adam",
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
             return model
 
         fit = dict(epochs=2 if quick else 4, batch_size=32)
@@ -95,7 +103,11 @@ def make_workload(name, quick):
                     keras.layers.Dense(10, activation="softmax"),
                 ]
             )
-            model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+            model.compile(
+                optimizer="adam",
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
             return model
 
         fit = dict(epochs=2, batch_size=256)
