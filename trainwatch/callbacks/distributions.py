@@ -17,7 +17,6 @@ with respect to it, and every weight's gradient. From them:
 
 from __future__ import annotations
 
-import operator
 from typing import NamedTuple
 
 import keras
@@ -28,6 +27,7 @@ from trainwatch.backends import model_functions as mf
 from trainwatch.callbacks.base import Monitor
 from trainwatch.numerics import distributions as nd
 from trainwatch.rules import layers as rules
+from trainwatch.validation import check_int
 
 __all__ = [
     "Distributions",
@@ -368,16 +368,7 @@ def distribution_findings(
     )
 
 
-def _check_int(name, value, minimum):
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"`{name}` must be an integer. Received: {name}={value!r}"
-        ) from None
-    if number < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}. Received: {name}={value!r}")
-    return number
+_check_int = check_int
 
 
 def _check_probe(probe):

@@ -11,7 +11,6 @@ unit, drawn at the shape of the input image.
 from __future__ import annotations
 
 import math
-import operator
 import warnings
 
 import keras
@@ -20,6 +19,7 @@ import numpy as np
 from trainwatch.backends import get_backend
 from trainwatch.backends import model_functions as mf
 from trainwatch.callbacks.base import Monitor
+from trainwatch.validation import check_int
 
 __all__ = ["FirstLayerImages", "first_layer_tiles"]
 
@@ -174,16 +174,7 @@ def _channels_drawn(images):
     return 1 if channels in (1, 3) else channels
 
 
-def _check_int(name, value, minimum):
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"`{name}` must be an integer. Received: {name}={value!r}"
-        ) from None
-    if number < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}. Received: {name}={value!r}")
-    return number
+_check_int = check_int
 
 
 class FirstLayerImages(Monitor):

@@ -1,11 +1,11 @@
 """Tiling many small images (filters, weight templates) into one grid image."""
 
 import math
-import operator
 
 import numpy as np
 
 from trainwatch.tensorboard.png import to_uint8
+from trainwatch.validation import check_int
 
 __all__ = ["image_grid"]
 
@@ -93,12 +93,4 @@ def image_grid(images, ncols=None, border=1, border_value=0):
 
 
 def _positive_int(value, name, minimum):
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"`{name}` must be an integer. Received: {name}={value!r}"
-        ) from None
-    if number < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}. Received: {name}={value!r}")
-    return number
+    return check_int(name, value, minimum)
