@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 from collections.abc import Iterable
 
 SEVERITIES = ("error", "warning", "info")
@@ -192,7 +193,7 @@ class FindingLog:
             ours = data["findings"]
             others = [d for d in _saved_finding_dicts(path) if d not in ours]
             data["findings"] = others + ours
-        tmp = f"{path}.{os.getpid()}.tmp"
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"  # per thread too
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2)
         os.replace(tmp, path)
