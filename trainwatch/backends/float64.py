@@ -24,7 +24,7 @@ import copy
 import keras
 import numpy as np
 
-from trainwatch.backends import get_backend
+from trainwatch.backends import get_backend, model_copy
 
 _FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64"}
 _FLOAT_POLICIES = _FLOAT_DTYPES | {"mixed_float16", "mixed_bfloat16"}
@@ -166,7 +166,7 @@ def make_float64_shadow(model):
             raise Float64Unavailable(
                 f"Could not build the float64 copy of {model.name!r}: {error}"
             ) from error
-    _copy_weights(model, shadow)
+    model_copy.copy_weights(model, shadow, Float64Unavailable, dtype="float64")
     compile_config = getattr(model, "_compile_config", None)
     loss_weights = None
     if compile_config is not None:
@@ -178,27 +178,6 @@ def make_float64_shadow(model):
     elif model.compiled:
         shadow.compile(optimizer="sgd")
     return shadow
-
-
-def _copy_weights(model, shadow):
-    source, target = model.weights, shadow.weights
-    if len(source) != len(target):
-        raise Float64Unavailable(
-            f"The float64 copy of {model.name!r} has {len(target)} weights, the "
-            f"model {len(source)}: the model's `get_config` does not describe it "
-            "fully, or it creates weights outside `build`."
-        )
-    to_numpy = get_backend().to_numpy
-    for src, dst in zip(source, target):
-        if tuple(src.shape) != tuple(dst.shape):
-            raise Float64Unavailable(
-                f"Weight {src.path} has shape {tuple(src.shape)} but its float64 "
-                f"copy {dst.path} has {tuple(dst.shape)}."
-            )
-        value = to_numpy(src)
-        if np.issubdtype(value.dtype, np.floating):
-            value = value.astype(np.float64)
-        dst.assign(value.astype(keras.backend.standardize_dtype(dst.dtype)))
 
 
 def fraction_beyond_float32(values) -> float:

@@ -257,22 +257,56 @@ def _training_kwargs(model):
     return {}
 
 
-def _copy_weights(model, clone):
-    source, target = model.weights, clone.weights
-    if len(source) != len(target):
-        raise CloneUnavailable(
-            f"The copy of {model.name!r} has {len(target)} weights, the model "
-            f"{len(source)}: its `get_config` does not describe it fully, or it "
-            "creates weights outside `build`."
+def copy_weights(model, target, error_cls, dtype=None):
+    """Copies `model`'s weights into `target`, a rebuilt copy of it.
+
+    Weights are paired in order (`model.weights` with `target.weights`), read
+    to the host and assigned. Used for the copies made here and for the
+    float64 shadow (`trainwatch.backends.float64.make_float64_shadow`).
+
+    Args:
+        model: The Keras model whose weights are read.
+        target: A built model with the same weights in the same order.
+        error_cls: The exception class raised when the weights do not match
+            (the caller's "no copy" error, e.g. `CloneUnavailable`).
+        dtype: Floating weights are cast to this dtype, then every value to
+            its target variable's dtype, before assignment. Defaults to
+            `None`: values are assigned as read.
+
+    Raises:
+        error_cls: `target` has a different number of weights than `model`,
+            or a weight whose shape differs from the original's. The message
+            names the model or both weights' paths.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> copy_weights(model, other, CloneUnavailable)
+    >>> np.allclose(other.get_weights()[0], model.get_weights()[0])
+    True
+    """
+    what = "copy" if dtype is None else f"{keras.backend.standardize_dtype(dtype)} copy"
+    source, destination = model.weights, target.weights
+    if len(source) != len(destination):
+        raise error_cls(
+            f"The {what} of {model.name!r} has {len(destination)} weights, the "
+            f"model {len(source)}: the model's `get_config` does not describe it "
+            "fully, or it creates weights outside `build`."
         )
     to_numpy = get_backend().to_numpy
-    for src, dst in zip(source, target):
+    for src, dst in zip(source, destination):
         if tuple(src.shape) != tuple(dst.shape):
-            raise CloneUnavailable(
-                f"Weight {src.path} has shape {tuple(src.shape)} but its copy "
+            raise error_cls(
+                f"Weight {src.path} has shape {tuple(src.shape)} but its {what} "
                 f"{dst.path} has {tuple(dst.shape)}."
             )
-        dst.assign(np.asarray(to_numpy(src)))
+        value = np.asarray(to_numpy(src))
+        if dtype is not None:
+            if np.issubdtype(value.dtype, np.floating):
+                value = value.astype(dtype)
+            value = value.astype(keras.backend.standardize_dtype(dst.dtype))
+        dst.assign(value)
 
 
 def _apply_regularizers(model, clone, regularizer_fn):
@@ -345,7 +379,7 @@ def clone_with_weights(
             f"({type(error).__name__}: {error}). Give subclassed models and custom "
             "layers a `get_config()` that lists their constructor arguments."
         ) from error
-    _copy_weights(model, clone)
+    copy_weights(model, clone, CloneUnavailable)
     _apply_regularizers(model, clone, regularizer_fn)
     return clone
 
