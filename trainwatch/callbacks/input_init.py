@@ -31,57 +31,53 @@ from trainwatch.rules import initialization, inputs
 # Examples used for the forward pass (the input statistics read more).
 FORWARD_EXAMPLES = 64
 
-_WEIGHTED = tuple(
-    getattr(keras.layers, name)
-    for name in (
-        "Dense",
-        "EinsumDense",
-        "Conv1D",
-        "Conv2D",
-        "Conv3D",
-        "Conv1DTranspose",
-        "Conv2DTranspose",
-        "Conv3DTranspose",
+
+def _layer_classes(*names):
+    """The `keras.layers` classes among `names` (ones this Keras lacks are left out)."""
+    return tuple(
+        getattr(keras.layers, name) for name in names if hasattr(keras.layers, name)
     )
-    if hasattr(keras.layers, name)
+
+
+_WEIGHTED = _layer_classes(
+    "Dense",
+    "EinsumDense",
+    "Conv1D",
+    "Conv2D",
+    "Conv3D",
+    "Conv1DTranspose",
+    "Conv2DTranspose",
+    "Conv3DTranspose",
 )
-_NORMALIZATION = tuple(
-    getattr(keras.layers, name)
-    for name in (
-        "BatchNormalization",
-        "LayerNormalization",
-        "GroupNormalization",
-        "UnitNormalization",
-        "RMSNormalization",
-    )
-    if hasattr(keras.layers, name)
+_NORMALIZATION = _layer_classes(
+    "BatchNormalization",
+    "LayerNormalization",
+    "GroupNormalization",
+    "UnitNormalization",
+    "RMSNormalization",
 )
 # Layers that pass the signal on without changing which activation follows.
-_PASS_THROUGH = tuple(
-    getattr(keras.layers, name)
-    for name in (
-        "Dropout",
-        "GaussianNoise",
-        "GaussianDropout",
-        "AlphaDropout",
-        "ActivityRegularization",
-        "Flatten",
-        "Reshape",
-        "Permute",
-        "ZeroPadding1D",
-        "ZeroPadding2D",
-        "ZeroPadding3D",
-        "Cropping1D",
-        "Cropping2D",
-        "Cropping3D",
-        "MaxPooling1D",
-        "MaxPooling2D",
-        "MaxPooling3D",
-        "AveragePooling1D",
-        "AveragePooling2D",
-        "AveragePooling3D",
-    )
-    if hasattr(keras.layers, name)
+_PASS_THROUGH = _layer_classes(
+    "Dropout",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+    "Flatten",
+    "Reshape",
+    "Permute",
+    "ZeroPadding1D",
+    "ZeroPadding2D",
+    "ZeroPadding3D",
+    "Cropping1D",
+    "Cropping2D",
+    "Cropping3D",
+    "MaxPooling1D",
+    "MaxPooling2D",
+    "MaxPooling3D",
+    "AveragePooling1D",
+    "AveragePooling2D",
+    "AveragePooling3D",
 )
 _ACTIVATION_LAYERS = {
     "ReLU": "relu",
