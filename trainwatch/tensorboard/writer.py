@@ -115,7 +115,7 @@ class SummaryWriter:
                 is not an integer.
             ValueError: If `value` has more than one element or `tag` is empty.
         """
-        self._write(_summaries.scalar_summary(_check_tag(tag), _scalar(value)), step)
+        self.scalars({_check_tag(tag): value}, step)
 
     def scalars(self, values, step):
         """Writes several numbers at one step, in a single event.
@@ -132,13 +132,13 @@ class SummaryWriter:
                 "`values` must be a mapping of tag to number. "
                 f"Received: values={values!r}"
             )
-        summary = summary_pb2.Summary()
-        for tag, value in values.items():
-            summary.MergeFrom(
-                _summaries.scalar_summary(_check_tag(tag), _scalar(value))
-            )
-        if summary.value:
-            self._write(summary, step)
+        seen = self._tags_with_metadata  # a hint only: `_write` decides, locked
+        summary_values = [
+            _summaries.scalar_value(_check_tag(tag), _scalar(value), tag not in seen)
+            for tag, value in values.items()
+        ]
+        if summary_values:
+            self._write(summary_pb2.Summary(value=summary_values), step)
 
     def histogram(self, tag, values, step, buckets=30):
         """Writes a histogram of the finite `values` (any shape, flattened).
@@ -377,6 +377,9 @@ def _check_step(step):
 
 
 def _scalar(value):
+    """`value` as a Python float, or raises: one number of any numeric type."""
+    if type(value) is float or type(value) is int:  # the common case, fast
+        return float(value)
     array = np.asarray(value)
     if array.dtype.kind not in "biuf":
         raise TypeError(f"A scalar value must be a number. Received: value={value!r}")
@@ -385,4 +388,5 @@ def _scalar(value):
             "A scalar value must have exactly one element. "
             f"Received: value.shape={array.shape}"
         )
-    return array.reshape(())
+    with np.errstate(over="ignore"):
+        return float(array.reshape(()))
