@@ -108,6 +108,7 @@ class RunContext:
         self.seconds_in_trainwatch = 0.0
         self.seconds_by_part: dict[str, float] = {}
         self._last_cost: dict[str, float] = {}
+        self._last_done_at: dict[str, float] = {}  # training seconds at its end
         self._timing_depth = 0
         _open_contexts.add(self)
 
@@ -181,6 +182,7 @@ class RunContext:
                 self.seconds_in_trainwatch += elapsed
             self.seconds_by_part[part] = self.seconds_by_part.get(part, 0.0) + elapsed
             self._last_cost[part] = elapsed
+            self._last_done_at[part] = self.training_seconds()
 
     def start_training(self):
         """Marks the start of a `fit` call (training time accumulates across calls)."""
@@ -220,6 +222,32 @@ class RunContext:
         return spent <= self.budget * min_fraction_of_budget * (
             self.training_seconds() + last
         )
+
+    def due(self, part: str, share: float) -> bool:
+        """Whether a recurring, skippable `part` should run now.
+
+        Keeps the part's own cost within `share` of the training time: it runs
+        when its last cost is at most `share` of the training time that has
+        passed since it last finished. A part that has never run is due. Unlike
+        `can_afford`, which weighs trainwatch's total against the budget, this
+        cannot be starved by the other parts: on long epochs a cheap part runs
+        every time, on epochs of a few milliseconds it runs every few epochs.
+
+        Args:
+            part: The name the part is timed under (see `timed`).
+            share: Fraction of training time the part may take, e.g. `0.005`.
+
+        Example:
+
+        >>> context = RunContext(None, verbose=0)
+        >>> context.due("rules", 0.01)
+        True
+        """
+        last = self._last_cost.get(part)
+        if last is None:
+            return True
+        since = self.training_seconds() - self._last_done_at.get(part, 0.0)
+        return last <= share * since
 
     def flush(self):
         """Makes everything written so far readable on disk."""

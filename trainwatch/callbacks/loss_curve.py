@@ -37,6 +37,11 @@ __all__ = ["LossCurve"]
 _HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "f1", "iou", "r2", "score")
 _MAX_POINTS_PER_EPOCH = 2000
 _RECENT_FOR_DIVERGENCE = 50
+# The curve rules run at an epoch's end while they cost at most this share of
+# the training time since they last ran (every epoch, unless epochs last a few
+# milliseconds), and always after the last epoch.
+_RULES_PART = "LossCurve.rules"
+_RULES_SHARE = 0.005
 
 
 def higher_is_better(name: str) -> bool:
@@ -74,9 +79,11 @@ class LossCurve(Monitor):
     since the epoch began; this callback recovers the loss of the batch itself
     from two consecutive running means (`L_k = k·m_k − (k−1)·m_{k−1}`, exact
     for equal batch sizes; the epoch's last batch, which may be smaller, is
-    left out). It checks every batch for a non-finite loss, and at every
-    epoch end judges the curve (diverging, plateau, noisy) and the gap
-    (overfitting); at train end, underfitting.
+    left out). It checks every batch for a non-finite loss, and at epoch
+    ends judges the curve (diverging, plateau, noisy) and the gap
+    (overfitting): every epoch, unless epochs are so short (milliseconds)
+    that the rules would take more than 0.5% of the training time, then every
+    few epochs; always after the last. At train end, underfitting.
 
     The batch hook is cheap and thread-safe (`async_safe = True`), so Keras
     keeps dispatching batch hooks asynchronously on JAX and PyTorch.
@@ -132,6 +139,7 @@ class LossCurve(Monitor):
         self.initial_loss = None
         self.history: dict[str, list] = {}  # per global epoch, `None` where missing
         self.epochs_seen = 0
+        self._judged_epochs = 0
         self._global_epoch = -1
         self._nan_seen = False
         self._steps_per_execution = 1
@@ -220,9 +228,18 @@ class LossCurve(Monitor):
                 val_writer.scalars({f"epoch_{n}": v for n, v in val.items()}, step=g)
         self._record_history(g, train, val)
         self.epochs_seen += 1
-        self._judge_epoch(epoch, train)
+        loss = train.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            with self._lock:
+                self._on_non_finite(loss, self.context.step)
+        planned = (self.params or {}).get("epochs")
+        last_planned = bool(planned) and int(epoch) + 1 >= int(planned)
+        if last_planned or self.context.due(_RULES_PART, _RULES_SHARE):
+            self._judge_curve()
 
     def end(self, logs):
+        if self._judged_epochs < self.epochs_seen:  # e.g. stopped early
+            self._judge_curve()
         score = _accuracy_name(self.history)
         if score is None:
             return
@@ -324,16 +341,17 @@ class LossCurve(Monitor):
             else:
                 series.append(train.get(name))
 
-    def _judge_epoch(self, epoch, train):
-        step = self.context.step
-        g = self._global_epoch
-        loss = train.get("loss")
-        if loss is not None and not math.isfinite(loss):
-            with self._lock:
-                self._on_non_finite(loss, step)
-            return
+    def _judge_curve(self):
+        """Runs the curve and gap rules on everything seen so far (timed)."""
+        self._judged_epochs = self.epochs_seen
         if self._nan_seen:
             return
+        with self.context.timed(_RULES_PART):
+            self._judge_epoch()
+
+    def _judge_epoch(self):
+        step = self.context.step
+        g = self._global_epoch
         with self._lock:
             points = list(self._points)
         losses = [p[1] for p in points]

@@ -47,6 +47,10 @@ from trainwatch.rules import dynamics
 __all__ = ["UpdateRatio"]
 
 _HISTORY = 20
+# The findings rules run after a sample while they cost at most this share of
+# the training time since they last ran, and always at train end.
+_RULES_PART = "UpdateRatio.rules"
+_RULES_SHARE = 0.005
 _compiled: dict[tuple[str, str], object] = {}
 
 
@@ -209,6 +213,7 @@ class UpdateRatio(Monitor):
         self._learning_rate = None
         self._layout_written = False
         self._seen_high = False
+        self._unjudged = None  # (step, epoch) of the newest sample not yet judged
         self._next_due = 1
 
     # -- Keras hooks ---------------------------------------------------------
@@ -249,7 +254,7 @@ class UpdateRatio(Monitor):
 
     def end(self, logs):
         self._snapshot = None
-        self._resolve()
+        self._resolve(final=True)
 
     # -- internals -----------------------------------------------------------
     def _span(self, batch):
@@ -292,11 +297,13 @@ class UpdateRatio(Monitor):
         sums = _device_function(_sums_of_squares)(before, values)
         self._pending.append((step, epoch, spanned, sums))
 
-    def _resolve(self):
+    def _resolve(self, final=False):
         pending, self._pending = self._pending, []
         for step, epoch, spanned, vector in pending:
             sums = np.asarray(ops.convert_to_numpy(vector), dtype=np.float64)
             self._record(step, epoch, spanned, sums[0::2], sums[1::2])
+        if self._unjudged and (final or self.context.due(_RULES_PART, _RULES_SHARE)):
+            self._judge()
 
     def _record(self, step, epoch, spanned, sq_update, sq_param):
         self._check_finite(step, epoch, sq_update, sq_param)
@@ -319,6 +326,16 @@ class UpdateRatio(Monitor):
         if writer is not None and values:
             values.update(self._band_values())  # in the same event: nearly free
             writer.scalars(values, step=step)
+        self._unjudged = (step, epoch)
+
+    def _judge(self):
+        """Turns the sampled history into findings (timed, rate-limited by callers)."""
+        step, epoch = self._unjudged
+        self._unjudged = None
+        with self.context.timed(_RULES_PART):
+            self._judge_history(step, epoch)
+
+    def _judge_history(self, step, epoch):
         findings = dynamics.update_ratio_findings(
             {path: self.history.get(path, ()) for path in self._judged},
             step=step,
