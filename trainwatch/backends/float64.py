@@ -79,6 +79,8 @@ def _retype(config):
         for key, value in config.items():
             if key == "dtype":
                 out[key] = _retype_dtype(value)
+            elif model_copy.is_initializer_entry(key, value):
+                out[key] = model_copy.ZEROS_INITIALIZER  # overwritten by the copy
             else:
                 out[key] = _retype(value)
         return out
@@ -143,11 +145,12 @@ def make_float64_shadow(model):
     if keras.config.floatx() != "float64":
         raise RuntimeError("make_float64_shadow must run inside float64_mode().")
     try:
-        serialized = keras.saving.serialize_keras_object(model)
-        serialized = dict(serialized)
-        serialized.pop("compile_config", None)
-        serialized = _retype(serialized)
-        shadow = keras.saving.deserialize_keras_object(serialized)
+        with model_copy.tensorflow_left_unimported():
+            serialized = keras.saving.serialize_keras_object(model)
+            serialized = dict(serialized)
+            serialized.pop("compile_config", None)
+            serialized = _retype(serialized)
+            shadow = keras.saving.deserialize_keras_object(serialized)
     except Exception as error:  # any failure to rebuild means "no float64 copy"
         raise Float64Unavailable(
             f"Could not rebuild model {model.name!r} from its config in float64 "

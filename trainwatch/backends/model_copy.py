@@ -21,6 +21,7 @@ import contextlib
 import copy
 import numbers
 import random
+import sys
 
 import keras
 import numpy as np
@@ -41,6 +42,66 @@ _DROPOUT_LAYERS = (
 
 class CloneUnavailable(RuntimeError):
     """The model cannot be copied; the message says why."""
+
+
+# Initializers in a copy's config: its weights are overwritten with the
+# original's right after it is built, so they start as zeros, the cheapest
+# (on JAX every random initializer compiles a few programs on first use).
+ZEROS_INITIALIZER = {
+    "module": "keras.initializers",
+    "class_name": "Zeros",
+    "config": {},
+    "registered_name": None,
+}
+_INITIALIZER_SUFFIX = "_initializer"
+
+
+def is_initializer_entry(key, value) -> bool:
+    """Whether a config entry is a serialized initializer (a copy may zero it)."""
+    return (
+        isinstance(key, str)
+        and key.endswith(_INITIALIZER_SUFFIX)
+        and isinstance(value, dict)
+        and "class_name" in value
+    )
+
+
+@contextlib.contextmanager
+def tensorflow_left_unimported():
+    """Keeps Keras's (de)serialization from importing TensorFlow needlessly.
+
+    `keras.saving.serialize_keras_object` asks whether TensorFlow is available
+    (to convert `tf.TensorShape`s) and so imports it whenever it is installed,
+    whatever the backend: about 2 s and hundreds of MB in a JAX or PyTorch
+    process. When TensorFlow is not the backend and not imported, no
+    TensorFlow object can be in the model, so the answer is "no" for the
+    duration. Private Keras API: if its shape changes, nothing is done.
+
+    Example:
+
+    >>> with tensorflow_left_unimported():
+    ...     config = keras.saving.serialize_keras_object(model)  # doctest: +SKIP
+    """
+    try:
+        from keras.src.saving import serialization_lib
+
+        lazy = serialization_lib.tf
+    except (ImportError, AttributeError):
+        lazy = None
+    applies = (
+        lazy is not None
+        and keras.backend.backend() != "tensorflow"
+        and "tensorflow" not in sys.modules
+        and getattr(lazy, "_available", False) is None
+    )
+    if not applies:
+        yield
+        return
+    lazy._available = False
+    try:
+        yield
+    finally:
+        lazy._available = None
 
 
 # -- random state ------------------------------------------------------------
@@ -182,6 +243,8 @@ def _strip_config(config, zero_dropout):
         for key, value in config.items():
             if key.endswith(_REGULARIZER_SUFFIX):
                 out[key] = None
+            elif is_initializer_entry(key, value):
+                out[key] = ZEROS_INITIALIZER
             elif zero_dropout and key in ("dropout", "recurrent_dropout"):
                 out[key] = 0.0 if isinstance(value, numbers.Number) else value
             else:
@@ -369,7 +432,7 @@ def clone_with_weights(
     if not model.built:
         raise CloneUnavailable(f"Model {model.name!r} is not built.")
     try:
-        with preserved_random_state():
+        with preserved_random_state(), tensorflow_left_unimported():
             clone = _rebuild(model, zero_dropout, sample_input)
     except CloneUnavailable:
         raise
@@ -465,9 +528,10 @@ def copy_optimizer(optimizer, learning_rate_factor=1.0):
             )
         rate = None
     try:
-        serialized = keras.optimizers.serialize(optimizer)
-        serialized["config"] = config
-        fresh = keras.optimizers.deserialize(serialized)
+        with tensorflow_left_unimported():
+            serialized = keras.optimizers.serialize(optimizer)
+            serialized["config"] = config
+            fresh = keras.optimizers.deserialize(serialized)
     except Exception:  # unregistered custom optimizer: its own from_config
         fresh = type(optimizer).from_config(config)
     return fresh, rate
