@@ -108,6 +108,7 @@ class RunContext:
         self.seconds_in_trainwatch = 0.0
         self.seconds_by_part: dict[str, float] = {}
         self._last_cost: dict[str, float] = {}
+        self.first_seconds_by_part: dict[str, float] = {}  # each part's first run
         self._last_done_at: dict[str, float] = {}  # training seconds at its end
         self._timing_depth = 0
         _open_contexts.add(self)
@@ -182,6 +183,7 @@ class RunContext:
                 self.seconds_in_trainwatch += elapsed
             self.seconds_by_part[part] = self.seconds_by_part.get(part, 0.0) + elapsed
             self._last_cost[part] = elapsed
+            self.first_seconds_by_part.setdefault(part, elapsed)
             self._last_done_at[part] = self.training_seconds()
 
     def start_training(self):
