@@ -51,3 +51,36 @@ def test_unsupported_backend_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(backends, "active_backend_name", lambda: "numpy")
     with pytest.raises(NotImplementedError, match="KERAS_BACKEND"):
         backends.get_backend()
+
+
+CHECKS_SCRIPT = """
+import json, sys
+import numpy as np
+import keras
+import trainwatch
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+model.compile("sgd", "sparse_categorical_crossentropy")
+x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+y = np.arange(8) % 3
+trainwatch.check_gradients(model, x, y)
+trainwatch.sanity_check(model, x, y, overfit_steps=5, verbose=0)
+print(json.dumps({"tensorflow": "tensorflow" in sys.modules}))
+"""
+
+
+def test_checks_do_not_import_tensorflow_on_other_backends():
+    # Keras's serialization imports TensorFlow whenever it is installed; the
+    # float64 shadow and the sanity copies are rebuilt without it (~2 s saved).
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        pytest.skip("TensorFlow is the backend")
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", CHECKS_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"tensorflow": False}
