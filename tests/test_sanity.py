@@ -258,6 +258,50 @@ def test_fit_after_check_matches_fit_without(tmp_path):
     assert "| overfit | passed |" in texts[0].text
 
 
+class SuperComputeLoss(keras.Model):
+    """A `compute_loss` override that calls the compiled loss through super()."""
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        return super().compute_loss(x, y, y_pred, sample_weight, training=training)
+
+
+def _seeded_custom_loss_run(check):
+    keras.utils.set_random_seed(7)
+    x, y = _data(seed=7)
+    inputs = keras.Input((x.shape[1],))
+    hidden = keras.layers.Dense(16, activation="relu")(inputs)
+    model = SuperComputeLoss(
+        inputs, keras.layers.Dense(CLASSES, activation="softmax")(hidden)
+    )
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    if check is not None:
+        check(model, x, y)
+    built_before_fit = model._compile_loss.built
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    draw = keras.ops.convert_to_numpy(keras.random.uniform((3,)))
+    return model.get_weights(), draw, built_before_fit
+
+
+@pytest.mark.parametrize("check", ["sanity", "gradients"])
+def test_checks_before_fit_leave_a_compute_loss_override_unchanged(check):
+    # Building the user's compiled loss before `fit` would skip fit's symbolic
+    # build and with it one shuffle draw (JAX, PyTorch): fit would differ.
+    import trainwatch
+
+    run_check = {
+        "sanity": lambda m, x, y: sanity_check(m, x, y, **FAST),
+        "gradients": lambda m, x, y: trainwatch.check_gradients(m, x[:8], y[:8]),
+    }[check]
+    plain_weights, plain_draw, _ = _seeded_custom_loss_run(None)
+    weights, draw, built_before_fit = _seeded_custom_loss_run(run_check)
+    assert not built_before_fit
+    for a, b in zip(plain_weights, weights):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(plain_draw, draw)
+
+
 def test_callback_reports_findings(tmp_path):
     x, y = _data()
     model = _classifier(regularize=False)

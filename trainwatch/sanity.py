@@ -22,7 +22,6 @@ copies (`trainwatch.backends.model_copy`), inside `preserved_random_state()`.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
@@ -265,29 +264,6 @@ def _finding(code, severity, message, advice, where=None) -> Finding:
 def _say(verbose, text):
     if verbose:
         print(f"[trainwatch] sanity: {text}", file=sys.stdout, flush=True)
-
-
-@contextlib.contextmanager
-def _compiled_loss_left_unbuilt(model):
-    """Evaluates the loss on a copy of the model's compiled loss, if it is unbuilt.
-
-    The loss adapter builds `model._compile_loss` on first use. A model whose
-    compiled loss is already built skips `fit`'s symbolic build, which reads a
-    first batch, and with it one shuffle permutation from the global random
-    state (NumPy on JAX, PyTorch's generator on torch): `fit` would then
-    shuffle differently than without the check.
-    """
-    loss = getattr(model, "_compile_loss", None)
-    if loss is None or getattr(loss, "built", True):
-        yield
-        return
-    stand_in = object.__new__(type(loss))  # copy.copy would pickle it
-    stand_in.__dict__.update(loss.__dict__)
-    model._compile_loss = stand_in
-    try:
-        yield
-    finally:
-        model._compile_loss = loss
 
 
 # -- check 1: initial loss -----------------------------------------------------
@@ -755,7 +731,7 @@ def sanity_check(
     start = time.perf_counter()
     xb, yb = _take(x, batch_size), _take(y, batch_size)
     results = []
-    with model_copy.preserved_random_state(), _compiled_loss_left_unbuilt(model):
+    with model_copy.preserved_random_state():
         for check in CHECKS:
             if check not in checks:
                 continue

@@ -160,7 +160,8 @@ def _built_compile_loss(model, x, y, training):
     draws one shuffle from the global random state (NumPy on JAX, PyTorch's
     generator on torch). Building the user's object here would make `fit`
     shuffle differently than without trainwatch, so an unbuilt loss is used
-    through a built stand-in copy instead.
+    through a built stand-in copy instead, also by a `compute_loss` override
+    that calls the compiled loss (see `make_loss_function`).
     """
     compile_loss = getattr(model, "_compile_loss", None)
     if compile_loss is None or compile_loss.built:
@@ -217,12 +218,18 @@ def make_loss_function(model, x, y, sample_weight=None, part="total", training=F
                 )
             if custom_loss:
                 model._losses_override = list(extra_losses)
+                # A `compute_loss` override that calls the compiled loss
+                # (`super().compute_loss`) gets the built stand-in too.
+                own_loss = model._compile_loss
+                if compile_loss is not None:
+                    model._compile_loss = compile_loss
                 try:
                     total = model._compute_loss(
                         x, y, y_pred, sample_weight=sample_weight, training=training
                     )
                 finally:
                     model._losses_override = []
+                    model._compile_loss = own_loss
                 if regularization is None:
                     regularization = keras.ops.zeros((), dtype=total.dtype)
                 data = total - regularization
