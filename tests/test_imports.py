@@ -58,7 +58,7 @@ import json, sys
 import numpy as np
 import keras
 import trainwatch
-model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, "softmax")])
 model.compile("sgd", "sparse_categorical_crossentropy")
 x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
 y = np.arange(8) % 3
