@@ -336,3 +336,22 @@ def test_stop_on_nan_stops_training_when_asked(tmp_path):
     history = fit(model, x, y, [callback, counter], epochs=3)
     assert "loss_nan" in codes(str(tmp_path))
     assert len(history.history["loss"]) == 1  # stopped after the first epoch
+
+
+class FailsInEpochEnd(Monitor):
+    def epoch_end(self, epoch, logs):
+        raise RuntimeError("a bug in a monitor")
+
+
+def test_a_failure_while_reporting_a_failure_does_not_stop_training(tmp_path):
+    x, y = make_data()
+    model = make_model()
+    monitor = FailsInEpochEnd(tmp_path, verbose=0)
+
+    def unwritable(run="train"):
+        raise OSError("disk full")
+
+    monitor.context.writer = unwritable  # the report of the failure fails too
+    with pytest.warns(RuntimeWarning, match="a bug in a monitor"):
+        history = fit(model, x, y, [monitor], epochs=2)
+    assert len(history.history["loss"]) == 2

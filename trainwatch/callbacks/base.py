@@ -345,15 +345,18 @@ class Monitor(keras.callbacks.Callback):
                 RuntimeWarning,
                 stacklevel=2,
             )
-            self.report(
-                "monitor_failed",
-                "warning",
-                f"{type(self).__name__} failed during {part}: {summary.strip()}"
-                + (" It was switched off." if self.disabled else ""),
-                "This is a trainwatch problem, not a training problem; please "
-                "report it with the model summary. Training continues.",
-                where=type(self).__name__,
-            )
+            try:
+                self.report(
+                    "monitor_failed",
+                    "warning",
+                    f"{type(self).__name__} failed during {part}: {summary.strip()}"
+                    + (" It was switched off." if self.disabled else ""),
+                    "This is a trainwatch problem, not a training problem; please "
+                    "report it with the model summary. Training continues.",
+                    where=type(self).__name__,
+                )
+            except Exception:  # e.g. the log dir became unwritable: warned above
+                pass
             return None
 
     # -- step keeping (only the owner of the context moves the step) --------

@@ -168,11 +168,23 @@ class LossCurve(Monitor):
             self._means = {}
             self._points.clear()
 
+    def on_train_batch_begin(self, batch, logs=None):
+        # The main thread, between steps: work off what the batch-end hooks
+        # queued. Doing it in Keras's worker threads instead, with its file
+        # writes, costs far more than the work itself: each blocking call
+        # hands the GIL back and forth with the training loop (measured on
+        # JAX, digits MLP: 1.20x plain fit against 1.05x).
+        if len(self._queue) >= self._drain_every:
+            self._drain()
+
     def on_train_batch_end(self, batch, logs=None):
-        # Runs in Keras's worker threads on JAX/PyTorch, possibly out of order.
-        # Kept to a few microseconds: queue the running mean; the queue is
-        # worked off every `update_freq` batches, at a non-finite loss and at
-        # the epoch's end (under a lock, no device work, no shared timers).
+        # Runs in Keras's worker threads on JAX/PyTorch (possibly out of
+        # order), unless a callback without `async_safe` turns that off. Kept
+        # to a microsecond: queue the running mean. The queue is worked off
+        # every `update_freq` batches (at most 32) on the main thread: here
+        # when this is it, else at the next batch's begin; at once at a
+        # non-finite loss; and at the epoch's end (under a lock, no device
+        # work, no shared timers).
         if self.disabled or not logs:
             return
         loss = logs.get("loss")
@@ -181,7 +193,10 @@ class LossCurve(Monitor):
         except TypeError:  # no loss, or not a number: nothing to watch
             return
         self._queue.append((batch, loss))
-        if not finite or len(self._queue) >= self._drain_every:
+        if not finite or (
+            len(self._queue) >= self._drain_every
+            and threading.current_thread() is threading.main_thread()
+        ):
             self._drain()
 
     def _drain(self):

@@ -47,10 +47,7 @@ from trainwatch.rules import dynamics
 __all__ = ["UpdateRatio"]
 
 _HISTORY = 20
-# The findings rules run after a sample while they cost at most this share of
-# the training time since they last ran, and always at train end.
 _RULES_PART = "UpdateRatio.rules"
-_RULES_SHARE = 0.005
 _compiled: dict[tuple[str, str], object] = {}
 
 
@@ -89,6 +86,17 @@ def _device_function(fn):
         jit = getattr(get_backend(), "jit", None)
         _compiled[key] = jit(fn) if jit is not None else fn
     return _compiled[key]
+
+
+def _is_ready(array) -> bool:
+    """Whether reading `array` would not wait for the device (JAX's `is_ready`)."""
+    is_ready = getattr(array, "is_ready", None)
+    if not callable(is_ready):
+        return True
+    try:
+        return bool(is_ready())
+    except Exception:  # not an answer: read it
+        return True
 
 
 def _is_sample_step(step, freq):
@@ -214,6 +222,7 @@ class UpdateRatio(Monitor):
         self._layout_written = False
         self._seen_high = False
         self._unjudged = None  # (step, epoch) of the newest sample not yet judged
+        self._at_epoch_end = False
         self._next_due = 1
 
     # -- Keras hooks ---------------------------------------------------------
@@ -247,10 +256,13 @@ class UpdateRatio(Monitor):
             self.guard("update_ratio", self._batch_begin, int(batch))
 
     def epoch_end(self, epoch, logs):
-        if self._snapshot is not None:
-            # The epoch's end: JAX has synced the model's variables by now.
-            self._complete([v.value for v in self._variables])
-        self._resolve()
+        self._at_epoch_end = True  # Keras has synced the device by now
+        try:
+            if self._snapshot is not None:
+                self._complete([v.value for v in self._variables])
+            self._resolve()
+        finally:
+            self._at_epoch_end = False
 
     def end(self, logs):
         self._snapshot = None
@@ -298,11 +310,24 @@ class UpdateRatio(Monitor):
         self._pending.append((step, epoch, spanned, sums))
 
     def _resolve(self, final=False):
+        """Records the samples computed by now; at an epoch's end, all of them.
+
+        Mid-epoch, a sample still being computed (JAX runs asynchronously)
+        waits for the next call: blocking on the device there releases the
+        GIL to Keras's callback threads, and taking it back can cost
+        milliseconds on a small model.
+        """
         pending, self._pending = self._pending, []
-        for step, epoch, spanned, vector in pending:
+        for index, item in enumerate(pending):
+            step, epoch, spanned, vector = item
+            if not final and not self._at_epoch_end and not _is_ready(vector):
+                self._pending = pending[index:]  # in order: the rest waits too
+                break
             sums = np.asarray(ops.convert_to_numpy(vector), dtype=np.float64)
             self._record(step, epoch, spanned, sums[0::2], sums[1::2])
-        if self._unjudged and (final or self.context.due(_RULES_PART, _RULES_SHARE)):
+            # Judged at every sample: "sustained" is about the latest samples,
+            # and a window skipped (lr far too high, then a dead network)
+            # could never be judged again.
             self._judge()
 
     def _record(self, step, epoch, spanned, sq_update, sq_param):
@@ -329,7 +354,7 @@ class UpdateRatio(Monitor):
         self._unjudged = (step, epoch)
 
     def _judge(self):
-        """Turns the sampled history into findings (timed, rate-limited by callers)."""
+        """Turns the sampled history into findings (timed)."""
         step, epoch = self._unjudged
         self._unjudged = None
         with self.context.timed(_RULES_PART):
