@@ -145,15 +145,16 @@ def _timed_fit(build, x, y, fit, callbacks):
     return time.perf_counter() - start
 
 
-def one_off_seconds(first_seconds_by_part):
+def one_off_seconds(first_seconds_by_part, seconds_by_part):
     """Seconds of the once-per-run work in a `TrainWatch` run.
 
     Train begin (sanity and input/init checks, and the first distribution
-    probe when it runs there), the first gradient check, and the first probe
-    when it came later.
+    probe when it runs there), the first gradient check, the first probe when
+    it came later, and the update-ratio samples of the first updates.
     """
     first = first_seconds_by_part
-    seconds = first.get("TrainWatch.train_begin", 0.0)
+    seconds = seconds_by_part.get("UpdateRatio.first_updates", 0.0)
+    seconds += first.get("TrainWatch.train_begin", 0.0)
     seconds += first.get("GradientCheck.check", 0.0)
     if "Distributions.train_begin" not in first:
         seconds += first.get("Distributions.probe", 0.0)
@@ -174,9 +175,10 @@ def _watched_fit(build, x, y, fit, probe):
         watch = trainwatch.TrainWatch(log_dir, probe=probe, verbose=0)
         total = _timed_fit(build, x, y, fit, [watch])
         context = watch.context
-        return total, one_off_seconds(context.first_seconds_by_part), (
-            context.overhead_fraction()
+        one_off = one_off_seconds(
+            context.first_seconds_by_part, context.seconds_by_part
         )
+        return total, one_off, (context.overhead_fraction())
 
 
 def worker(backend, workloads, repeats, quick):
@@ -307,8 +309,9 @@ def main(argv=None):
     print(
         "ratio: fit with TrainWatch at defaults / plain fit, same process, warm; "
         "one-off s: sanity and input/init checks, first probe, first gradient "
-        "check; steady: the ratio without them (a long run's ratio); 1.05 from: "
-        "plain-fit length from which the whole run's ratio is <= 1.05; self %: "
+        "check, update ratios of the first steps; steady: the ratio without "
+        "them (a long run's ratio); 1.05 from: plain-fit length from which the "
+        "whole run's ratio is <= 1.05; self %: "
         "trainwatch's own measure of its share of the run; keras TB: "
         "keras.callbacks.TensorBoard(histogram_freq=1) / plain (TensorFlow only)."
     )

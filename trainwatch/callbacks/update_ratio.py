@@ -253,7 +253,10 @@ class UpdateRatio(Monitor):
         if self._snapshot is None and steps_done + self._spe < self._next_due:
             return
         if self._snapshot is not None or self._samples_in(batch, steps_done):
-            self.guard("update_ratio", self._batch_begin, int(batch))
+            # The samples of the first updates (steps 1, 2, 4, … below
+            # `update_freq`) come once per run: timed apart from the rest.
+            part = "first_updates" if steps_done < self.update_freq else "update_ratio"
+            self.guard(part, self._batch_begin, int(batch))
 
     def epoch_end(self, epoch, logs):
         self._at_epoch_end = True  # Keras has synced the device by now
