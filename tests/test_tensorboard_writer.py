@@ -375,3 +375,45 @@ def test_bad_arguments_raise_early(tmp_path, call, error, message):
         call(writer)
     writer.close()
     assert not (tmp_path / "run").exists(), "nothing is written before the checks"
+
+
+@pytest.mark.parametrize("length", [0, 1, 7, 8, 9, 63, 64, 65, 1000])
+def test_record_crc_matches_tensorboards(length):
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import (
+        masked_crc32c as reference,
+    )
+
+    from trainwatch.tensorboard.records import masked_crc32c
+
+    data = np.random.default_rng(length).integers(0, 256, length, np.uint8).tobytes()
+    assert masked_crc32c(data) == reference(data)
+
+
+def test_records_read_back_by_tensorboards_own_reader(tmp_path):
+    # tensorboard's pure-Python reader checks both CRCs of every record.
+    from tensorboard.compat.tensorflow_stub import errors
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import (
+        PyRecordReader_New,
+    )
+
+    from trainwatch.tensorboard.records import RecordFileWriter
+
+    path = tmp_path / "records"
+    payloads = [b"", b"x" * 7, bytes(range(256)) * 3]
+    with open(path, "wb") as f:
+        writer = RecordFileWriter(f)
+        for payload in payloads:
+            writer.write(payload)
+    reader, read = PyRecordReader_New(str(path)), []
+    with pytest.raises(errors.OutOfRangeError):
+        while True:
+            reader.GetNext()
+            read.append(reader.record())
+    assert read == payloads
+    corrupted = bytearray(path.read_bytes())
+    corrupted[-1] ^= 1  # the last record's data CRC
+    path.write_bytes(bytes(corrupted))
+    reader = PyRecordReader_New(str(path))
+    reader.GetNext(), reader.GetNext()
+    with pytest.raises(errors.DataLossError):
+        reader.GetNext()
