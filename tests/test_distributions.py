@@ -345,3 +345,39 @@ def test_layer_plan_is_remembered_and_renewed_when_the_path_changes():
     assert [d.layer.name for d in first] == ["a"] == [d.layer.name for d in again]
     assert [d.layer.name for d in other] == ["b"]
     np.testing.assert_array_equal(first[0].output_gradient, again[0].output_gradient)
+
+
+def test_inside_trainwatch_a_long_epoch_is_probed_mid_epoch(tmp_path):
+    import trainwatch
+
+    x, y = digits(100)
+    model = mlp([16])
+    watch = trainwatch.TrainWatch(
+        tmp_path,
+        probe=(x[:32], y[:32]),
+        verbose=0,
+        budget=1.0,
+        sanity_check=False,
+        input_init=False,
+        loss_curve=False,
+        update_ratio=False,
+        gradient_check=False,
+        images=False,
+    )
+    # Every epoch counts as long: a probe once per 0 s, within the budget.
+    watch.part("Distributions").mid_epoch_seconds = 0.0
+    model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[watch])
+    run = read_events(str(tmp_path))["train"]
+    steps = [e.step for e in run.histograms["activations/sequential/dense"]]
+    assert steps[0] == 0 and steps[-1] == 10  # train begin, epoch end
+    assert any(0 < s < 10 for s in steps), steps  # and in between
+
+
+def test_on_its_own_the_probe_schedule_stays_per_epoch(tmp_path):
+    x, y = digits(100)
+    model = mlp([16])
+    probes = Distributions(tmp_path, probe=(x[:32], y[:32]), verbose=0)
+    probes.mid_epoch_seconds = 0.0
+    model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[probes])
+    run = read_events(str(tmp_path))["train"]
+    assert [e.step for e in run.histograms["activations/sequential/dense"]] == [0, 10]

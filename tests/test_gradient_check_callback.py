@@ -213,3 +213,34 @@ def test_parse_check_freq():
     assert parse_check_freq("2 epochs") == (2, "epoch")
     assert parse_check_freq("50 steps") == (50, "step")
     assert parse_check_freq(7) == (7, "step")
+
+
+def test_inside_trainwatch_a_long_epoch_gets_its_first_check_mid_epoch(tmp_path):
+    import trainwatch
+
+    model = mlp()
+    model.run_eagerly = True
+    watch = trainwatch.TrainWatch(
+        tmp_path,
+        probe=data(),
+        verbose=0,
+        budget=1.0,
+        sanity_check=False,
+        input_init=False,
+        distributions=False,
+        images=False,
+        gradient_check={"warmup_steps": 3, "wait_for_loss_drop": False, **FEW},
+    )
+    check = watch.part("GradientCheck")
+    check.mid_epoch_seconds = 0.0  # every epoch counts as long
+    model.fit(X, Y, batch_size=4, epochs=1, verbose=0, callbacks=[watch])
+    steps = [step for step, _ in check.results]
+    assert steps[0] == 3, steps  # right after warm-up, not at the epoch's end
+    assert steps[-1] == 16  # and at the epoch's end as before
+
+
+def test_on_its_own_the_check_schedule_stays_per_epoch():
+    check = GradientCheck(data=data(), warmup_steps=3, wait_for_loss_drop=False, **FEW)
+    check.mid_epoch_seconds = 0.0
+    fit(mlp(), check, epochs=1, n=64)
+    assert [step for step, _ in check.results] == [8]

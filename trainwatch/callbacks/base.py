@@ -29,6 +29,10 @@ import keras
 from trainwatch.findings import FINDINGS_FILENAME, Finding, FindingLog
 
 _MAX_FAILURES = 3
+# Inside TrainWatch, heavy probes also run mid-epoch once this much training
+# time has passed since they last ran (within the budget): long epochs must
+# not leave them blind until the epoch ends. Shorter epochs are unaffected.
+MID_EPOCH_SECONDS = 30.0
 _open_contexts: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -250,6 +254,16 @@ class RunContext:
             return True
         since = self.training_seconds() - self._last_done_at.get(part, 0.0)
         return last <= share * since
+
+    def seconds_since(self, part: str) -> float:
+        """Training seconds since `part` last finished (since training began if never).
+
+        Example:
+
+        >>> RunContext(None, verbose=0).seconds_since("Distributions.probe")
+        0.0
+        """
+        return self.training_seconds() - self._last_done_at.get(part, 0.0)
 
     def flush(self):
         """Makes everything written so far readable on disk."""

@@ -24,7 +24,7 @@ import numpy as np
 
 from trainwatch.backends import get_backend
 from trainwatch.backends import model_functions as mf
-from trainwatch.callbacks.base import Monitor
+from trainwatch.callbacks.base import MID_EPOCH_SECONDS, Monitor
 from trainwatch.numerics import distributions as nd
 from trainwatch.rules import layers as rules
 from trainwatch.validation import check_int
@@ -498,6 +498,7 @@ class Distributions(Monitor):
         self.last_layers = None
         self.last_variables = None
         self._probe_tensors = None
+        self.mid_epoch_seconds = MID_EPOCH_SECONDS
 
     def begin(self):
         self._probe_tensors = None  # converted on the first probe of this fit
@@ -509,6 +510,19 @@ class Distributions(Monitor):
         if not self._owns_context and not self.context.can_afford(_PROBE_PART):
             return  # inside TrainWatch, over its time budget: skip this probe
         self._probe()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # Inside TrainWatch only (on its own, the schedule is exact): a long
+        # epoch gets probes mid-epoch, `mid_epoch_seconds` of training apart
+        # at least and within the budget. The main thread, between steps;
+        # two clock reads on every other batch.
+        if self._owns_context or self.disabled or not self.histogram_freq:
+            return
+        context = self.context
+        if context.seconds_since(_PROBE_PART) < self.mid_epoch_seconds:
+            return
+        if context.can_afford(_PROBE_PART):
+            self.guard("probe", self._probe)
 
     def _probe(self):
         with self.context.timed(_PROBE_PART):

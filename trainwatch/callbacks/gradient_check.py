@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 
 from trainwatch.backends import model_functions as mf
-from trainwatch.callbacks.base import Monitor
+from trainwatch.callbacks.base import MID_EPOCH_SECONDS, Monitor
 from trainwatch.gradient_check import check_gradients, validate_options
 
 __all__ = ["GradientCheck", "GradientCheckError"]
@@ -176,6 +176,8 @@ class GradientCheck(Monitor):
         self._initial_loss = None
         self._next_step = None
         self._error = None
+        self.mid_epoch_seconds = MID_EPOCH_SECONDS
+        self._mid_epoch_tried_at = -math.inf
         if self.check_unit == "step":
             # Only a step schedule needs a batch hook (it turns off Keras's
             # async dispatch); the epoch schedule leaves the default in place.
@@ -213,6 +215,27 @@ class GradientCheck(Monitor):
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
+        self._raise_pending()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # Inside TrainWatch only, with the epoch schedule: a long epoch must
+        # not hold back the first check until its end, nor the next ones. A
+        # try mid-epoch (warm-up rules and budget as at an epoch's end) comes
+        # once `mid_epoch_seconds` of training have passed since the last
+        # check, or since training began, and at most that often. The main
+        # thread, between steps; a clock read on every other batch.
+        if self._owns_context or self.disabled or self.check_unit != "epoch":
+            return
+        context = self.context
+        now = context.training_seconds()
+        if now - self._mid_epoch_tried_at < self.mid_epoch_seconds:
+            return
+        if context.seconds_since(f"{type(self).__name__}.check") < (
+            self.mid_epoch_seconds
+        ):
+            return
+        self._mid_epoch_tried_at = now
+        self.guard("mid_epoch", self._maybe_check)
         self._raise_pending()
 
     def _on_train_batch_end(self, batch, logs=None):

@@ -198,6 +198,11 @@ class TrainWatch(Monitor):
             p.on_epoch_begin(epoch)
 
     def on_train_batch_begin(self, batch, logs=None):
+        # Steps done so far (the batch-end hook, which also counts them, may
+        # run later in a worker thread): parts that work mid-epoch read it.
+        steps_done = getattr(self, "_epoch_start_step", 0) + int(batch)
+        if steps_done > self.context.step:
+            self.context.step = steps_done
         for p in self._batch_begin_parts:
             p.on_train_batch_begin(batch, logs)
 
