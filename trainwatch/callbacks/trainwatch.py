@@ -77,8 +77,10 @@ class TrainWatch(Monitor):
             Defaults to `None` (only Conv2D filters, or inputs that are images).
         budget: Fraction of training time trainwatch may spend; heavy probes
             (distributions, gradient checks) are spaced out to stay within it,
-            while the first of each still comes early. Its own cost is logged
-            as `trainwatch/overhead`. Defaults to 0.05.
+            while the first of each still comes early. They run at epoch ends,
+            and in long epochs also mid-epoch once 30 s of training have passed
+            since the last (the first gradient check too, after warm-up). Its
+            own cost is logged as `trainwatch/overhead`. Defaults to 0.05.
         **parts: Per-part settings, see above.
 
     Example:
