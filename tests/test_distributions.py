@@ -287,15 +287,13 @@ def test_recurrent_and_attention_layers():
     assert not distribution_findings(layers)
 
 
-def test_inside_trainwatch_probes_and_images_share_one_log(tmp_path):
+def _probes_only_watch(log_dir, probe, **options):
+    """A `TrainWatch` with only its distribution probes (and images) on."""
     import trainwatch
 
-    x, y = digits(100)
-    model = mlp([16])
-    watch = trainwatch.TrainWatch(
-        tmp_path,
-        probe=(x[:32], y[:32]),
-        image_shape=(8, 8),
+    return trainwatch.TrainWatch(
+        log_dir,
+        probe=probe,
         verbose=0,
         budget=1.0,
         sanity_check=False,
@@ -303,7 +301,14 @@ def test_inside_trainwatch_probes_and_images_share_one_log(tmp_path):
         loss_curve=False,
         update_ratio=False,
         gradient_check=False,
+        **options,
     )
+
+
+def test_inside_trainwatch_probes_and_images_share_one_log(tmp_path):
+    x, y = digits(100)
+    model = mlp([16])
+    watch = _probes_only_watch(tmp_path, (x[:32], y[:32]), image_shape=(8, 8))
     model.fit(x, y, batch_size=50, epochs=2, verbose=0, callbacks=[watch])
     run = read_events(str(tmp_path))["train"]
     steps = [e.step for e in run.histograms["activations/sequential/dense"]]
@@ -348,22 +353,9 @@ def test_layer_plan_is_remembered_and_renewed_when_the_path_changes():
 
 
 def test_inside_trainwatch_a_long_epoch_is_probed_mid_epoch(tmp_path):
-    import trainwatch
-
     x, y = digits(100)
     model = mlp([16])
-    watch = trainwatch.TrainWatch(
-        tmp_path,
-        probe=(x[:32], y[:32]),
-        verbose=0,
-        budget=1.0,
-        sanity_check=False,
-        input_init=False,
-        loss_curve=False,
-        update_ratio=False,
-        gradient_check=False,
-        images=False,
-    )
+    watch = _probes_only_watch(tmp_path, (x[:32], y[:32]), images=False)
     # Every epoch counts as long: a probe once per 0 s, within the budget.
     watch.part("Distributions").mid_epoch_seconds = 0.0
     model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[watch])

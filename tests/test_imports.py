@@ -29,18 +29,25 @@ print(json.dumps({"added": sorted(after - before), "present": sorted(after)}))
 """
 
 
-def test_only_the_active_framework_is_imported():
-    backend = keras.backend.backend()
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+def _run_on_this_backend(script):
+    """Runs `script` in a fresh interpreter on this backend; its last line as JSON."""
+    env = dict(
+        os.environ, KERAS_BACKEND=keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="3"
+    )
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
+        [sys.executable, "-c", script],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    imported = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_only_the_active_framework_is_imported():
+    backend = keras.backend.backend()
+    imported = _run_on_this_backend(SCRIPT)
     assert set(imported["added"]) <= {FRAMEWORKS[backend]}
     assert FRAMEWORKS[backend] in imported["present"]
 
@@ -71,16 +78,6 @@ print(json.dumps({"tensorflow": "tensorflow" in sys.modules}))
 def test_checks_do_not_import_tensorflow_on_other_backends():
     # Keras's serialization imports TensorFlow whenever it is installed; the
     # float64 shadow and the sanity copies are rebuilt without it (~2 s saved).
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
+    if keras.backend.backend() == "tensorflow":
         pytest.skip("TensorFlow is the backend")
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, "-c", CHECKS_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"tensorflow": False}
+    assert _run_on_this_backend(CHECKS_SCRIPT) == {"tensorflow": False}
