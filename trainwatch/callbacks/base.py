@@ -250,10 +250,7 @@ class RunContext:
         True
         """
         last = self._last_cost.get(part)
-        if last is None:
-            return True
-        since = self.training_seconds() - self._last_done_at.get(part, 0.0)
-        return last <= share * since
+        return last is None or last <= share * self.seconds_since(part)
 
     def seconds_since(self, part: str) -> float:
         """Training seconds since `part` last finished (since training began if never).

@@ -368,9 +368,6 @@ def distribution_findings(
     )
 
 
-_check_int = check_int
-
-
 def _check_probe(probe):
     """Validates a `(x, y)` or `(x, y, sample_weight)` probe batch.
 
@@ -474,9 +471,9 @@ class Distributions(Monitor):
     ):
         super().__init__(log_dir=log_dir, verbose=verbose)
         self.probe = _check_probe(probe)
-        self.histogram_freq = _check_int("histogram_freq", histogram_freq, 0)
-        self.max_features = _check_int("max_features", max_features, 1)
-        self.buckets = _check_int("buckets", buckets, 1)
+        self.histogram_freq = check_int("histogram_freq", histogram_freq, 0)
+        self.max_features = check_int("max_features", max_features, 1)
+        self.buckets = check_int("buckets", buckets, 1)
         for name, value in (
             ("dead_threshold", dead_threshold),
             ("saturated_threshold", saturated_threshold),

@@ -174,9 +174,6 @@ def _channels_drawn(images):
     return 1 if channels in (1, 3) else channels
 
 
-_check_int = check_int
-
-
 class FirstLayerImages(Monitor):
     """Draws the first layer's weights as an image grid in TensorBoard.
 
@@ -220,8 +217,8 @@ class FirstLayerImages(Monitor):
         verbose=1,
     ):
         super().__init__(log_dir=log_dir, verbose=verbose)
-        self.image_freq = _check_int("image_freq", image_freq, 0)
-        self.max_images = _check_int("max_images", max_images, 1)
+        self.image_freq = check_int("image_freq", image_freq, 0)
+        self.max_images = check_int("max_images", max_images, 1)
         if image_shape is not None:
             if not isinstance(image_shape, (tuple, list)) or not all(
                 isinstance(d, (int, np.integer)) and d > 0 for d in image_shape

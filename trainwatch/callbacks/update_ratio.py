@@ -221,8 +221,6 @@ class UpdateRatio(Monitor):
         self._learning_rate = None
         self._layout_written = False
         self._seen_high = False
-        self._unjudged = None  # (step, epoch) of the newest sample not yet judged
-        self._at_epoch_end = False
         self._next_due = 1
 
     # -- Keras hooks ---------------------------------------------------------
@@ -259,13 +257,10 @@ class UpdateRatio(Monitor):
             self.guard(part, self._batch_begin, int(batch))
 
     def epoch_end(self, epoch, logs):
-        self._at_epoch_end = True  # Keras has synced the device by now
-        try:
-            if self._snapshot is not None:
-                self._complete([v.value for v in self._variables])
-            self._resolve()
-        finally:
-            self._at_epoch_end = False
+        if self._snapshot is not None:
+            # The epoch's end: JAX has synced the model's variables by now.
+            self._complete([v.value for v in self._variables])
+        self._resolve(final=True)  # and waiting for the device costs nothing
 
     def end(self, logs):
         self._snapshot = None
@@ -313,7 +308,7 @@ class UpdateRatio(Monitor):
         self._pending.append((step, epoch, spanned, sums))
 
     def _resolve(self, final=False):
-        """Records the samples computed by now; at an epoch's end, all of them.
+        """Records the samples computed by now; with `final`, all of them.
 
         Mid-epoch, a sample still being computed (JAX runs asynchronously)
         waits for the next call: blocking on the device there releases the
@@ -323,7 +318,7 @@ class UpdateRatio(Monitor):
         pending, self._pending = self._pending, []
         for index, item in enumerate(pending):
             step, epoch, spanned, vector = item
-            if not final and not self._at_epoch_end and not _is_ready(vector):
+            if not final and not _is_ready(vector):
                 self._pending = pending[index:]  # in order: the rest waits too
                 break
             sums = np.asarray(ops.convert_to_numpy(vector), dtype=np.float64)
@@ -331,7 +326,8 @@ class UpdateRatio(Monitor):
             # Judged at every sample: "sustained" is about the latest samples,
             # and a window skipped (lr far too high, then a dead network)
             # could never be judged again.
-            self._judge()
+            with self.context.timed(_RULES_PART):
+                self._judge(step, epoch)
 
     def _record(self, step, epoch, spanned, sq_update, sq_param):
         self._check_finite(step, epoch, sq_update, sq_param)
@@ -354,16 +350,9 @@ class UpdateRatio(Monitor):
         if writer is not None and values:
             values.update(self._band_values())  # in the same event: nearly free
             writer.scalars(values, step=step)
-        self._unjudged = (step, epoch)
 
-    def _judge(self):
-        """Turns the sampled history into findings (timed)."""
-        step, epoch = self._unjudged
-        self._unjudged = None
-        with self.context.timed(_RULES_PART):
-            self._judge_history(step, epoch)
-
-    def _judge_history(self, step, epoch):
+    def _judge(self, step, epoch):
+        """Turns the sampled history into findings."""
         findings = dynamics.update_ratio_findings(
             {path: self.history.get(path, ()) for path in self._judged},
             step=step,

@@ -28,7 +28,6 @@ __all__ = [
     "histogram_summary",
     "image_summary",
     "layout_proto",
-    "scalar_summary",
     "scalar_value",
     "text_summary",
 ]
@@ -63,11 +62,6 @@ def scalar_value(tag, value, with_metadata=True):
             tag=tag, tensor=tensor, metadata=_SCALAR_METADATA
         )
     return summary_pb2.Summary.Value(tag=tag, tensor=tensor)
-
-
-def scalar_summary(tag, value):
-    """A scalars-plugin summary of one number, stored as float32 like `tf.summary`."""
-    return summary_pb2.Summary(value=[scalar_value(tag, float(value))])
 
 
 def _finite_chunks(data):
