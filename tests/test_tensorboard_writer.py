@@ -109,6 +109,66 @@ def test_non_finite_scalars_are_written_as_they_are(tmp_path):
     assert np.isnan(read[0]) and read[1:] == [np.inf, -np.inf, np.inf]
 
 
+def _as_float32(value):
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
+
+
+def test_scalar_events_are_the_events_protobuf_builds(tmp_path):
+    # Scalars are assembled as bytes; each event must parse to the very event
+    # the protos make: metadata on a tag's first value only, float32 values
+    # (beyond its range: inf), any step.
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+
+    from trainwatch.tensorboard._summaries import scalar_value
+    from trainwatch.tensorboard.records import masked_crc32c
+
+    batches = [
+        ({"loss": 2.5, "update_ratio/dense/kernel": -3.25}, 0),
+        ({"loss": 1e40, "acc": np.nan, "é/ünï": -1e-3}, 2**40),
+        ({"loss": -1e40, "acc": 0.0}, -5),
+    ]
+    with SummaryWriter(tmp_path) as writer:
+        for values, step in batches:
+            writer.scalars(values, step)
+        path = writer.path
+    data = open(path, "rb").read()
+    events, offset = [], 0
+    while offset < len(data):
+        length = int.from_bytes(data[offset : offset + 8], "little")
+        record = data[offset + 12 : offset + 12 + length]
+        stored = int.from_bytes(
+            data[offset + 12 + length : offset + 16 + length], "little"
+        )
+        assert stored == masked_crc32c(record)
+        events.append(event_pb2.Event.FromString(record))
+        offset += 16 + length
+    assert events[0].file_version == "brain.Event:2"
+    seen = set()
+    for event, (values, step) in zip(events[1:], batches, strict=True):
+        expected = summary_pb2.Summary(
+            value=[
+                scalar_value(t, _as_float32(v), t not in seen)
+                for t, v in values.items()
+            ]
+        )
+        seen.update(values)
+        assert event.step == step and event.wall_time > 0
+        got = [
+            (v.tag, v.metadata, v.tensor.dtype, v.tensor.tensor_shape)
+            for v in event.summary.value
+        ]
+        want = [
+            (v.tag, v.metadata, v.tensor.dtype, v.tensor.tensor_shape)
+            for v in expected.value
+        ]
+        assert got == want
+        np.testing.assert_array_equal(
+            [v.tensor.float_val[0] for v in event.summary.value],
+            [v.tensor.float_val[0] for v in expected.value],
+        )
+
+
 def test_histogram_counts_match_numpy_and_tensorboard(tmp_path):
     data = np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32)
     with SummaryWriter(tmp_path) as writer:
@@ -377,7 +437,12 @@ def test_bad_arguments_raise_early(tmp_path, call, error, message):
     assert not (tmp_path / "run").exists(), "nothing is written before the checks"
 
 
-@pytest.mark.parametrize("length", [0, 1, 7, 8, 9, 63, 64, 65, 1000])
+# Short data take the table loop, longer data numpy's per-distance tables a
+# block (1024 bytes) at a time: lengths around both thresholds and blocks.
+@pytest.mark.parametrize(
+    "length",
+    [0, 1, 7, 8, 9, 47, 48, 49, 63, 64, 65, 1000, 1023, 1024, 1025, 1027, 5000],
+)
 def test_record_crc_matches_tensorboards(length):
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import (
         masked_crc32c as reference,

@@ -5,6 +5,7 @@ TensorFlow or Keras.
 
 Example:
     >>> import tempfile
+    >>> import numpy as np
     >>> from trainwatch.tensorboard import SummaryWriter, image_grid, read_events
     >>> log_dir = tempfile.mkdtemp()
     >>> with SummaryWriter(log_dir + "/train") as writer:

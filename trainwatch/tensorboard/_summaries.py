@@ -6,6 +6,8 @@ which import TensorFlow (tensorboard 2.16 to 2.21). Only the summaries'
 formats matter to TensorBoard; they match what `tf.summary` writes.
 """
 
+import functools
+import struct
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -25,10 +27,13 @@ from tensorboard.util import tensor_util
 
 __all__ = [
     "custom_scalars_summary",
+    "event_bytes",
+    "float32_bytes",
     "histogram_summary",
     "image_summary",
     "layout_proto",
     "scalar_value",
+    "scalar_value_frame",
     "text_summary",
 ]
 
@@ -62,6 +67,89 @@ def scalar_value(tag, value, with_metadata=True):
             tag=tag, tensor=tensor, metadata=_SCALAR_METADATA
         )
     return summary_pb2.Summary.Value(tag=tag, tensor=tensor)
+
+
+# -- scalars as bytes -----------------------------------------------------------
+# Scalars are written every few steps, a dozen tags an event: building them as
+# protos costs ~35 µs an event, assembling their wire format from cached
+# pieces ~5 µs. The pieces come from the protos themselves (a message's
+# fields may be serialized one at a time and concatenated), checked below.
+_TENSOR_HEAD = b"\x42\x0a\x08\x01\x12\x00\x2a\x04"  # tensor, DT_FLOAT, rank 0
+
+
+def _varint(number):
+    number &= 0xFFFFFFFFFFFFFFFF  # negative int64: two's complement, 10 bytes
+    out = bytearray()
+    while number > 0x7F:
+        out.append((number & 0x7F) | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+def float32_bytes(value):
+    """`value` as the 4 little-endian bytes of a float32 (beyond its range: ±inf)."""
+    try:
+        return struct.pack("<f", value)
+    except OverflowError:
+        return struct.pack("<f", float("inf") if value > 0 else float("-inf"))
+
+
+@functools.lru_cache(maxsize=16384)
+def scalar_value_frame(tag, with_metadata=True):
+    """The serialized `Summary.value` entry of scalar `tag`, around its number.
+
+    `head + float32_bytes(value) + tail` is the entry of a serialized
+    `Summary` that `scalar_value(tag, value, with_metadata)` makes.
+
+    Example:
+        >>> head, tail = scalar_value_frame("loss", with_metadata=False)
+        >>> entry = head + float32_bytes(0.25) + tail
+        >>> summary_pb2.Summary.FromString(entry).value[0].tensor.float_val[0]
+        0.25
+    """
+    body = summary_pb2.Summary.Value(tag=tag).SerializeToString() + _TENSOR_HEAD
+    tail = b""
+    if with_metadata:
+        value = summary_pb2.Summary.Value(metadata=_SCALAR_METADATA)
+        tail = value.SerializeToString()
+    length = len(body) + 4 + len(tail)
+    return b"\x0a" + _varint(length) + body, tail
+
+
+def event_bytes(wall_time, step, summary):
+    """A serialized `Event` at `step` holding the serialized `Summary` `summary`.
+
+    Example:
+        >>> from tensorboard.compat.proto import event_pb2
+        >>> event_pb2.Event.FromString(event_bytes(1.5, 7, b"")).step
+        7
+    """
+    return b"".join(
+        (
+            b"\x09",
+            struct.pack("<d", wall_time),
+            b"\x10",
+            _varint(step),
+            b"\x2a",
+            _varint(len(summary)),
+            summary,
+        )
+    )
+
+
+def _frames_match_protos():
+    """Whether the byte pieces above give what protobuf serializes (checked once)."""
+    from tensorboard.compat.proto import event_pb2
+
+    head, tail = scalar_value_frame("a/b", True)
+    mine = event_bytes(2.5, 3, head + float32_bytes(1.5) + tail)
+    summary = summary_pb2.Summary(value=[scalar_value("a/b", 1.5, True)])
+    theirs = event_pb2.Event(wall_time=2.5, step=3, summary=summary)
+    return event_pb2.Event.FromString(mine) == theirs
+
+
+FAST_SCALARS = _frames_match_protos()
 
 
 def _finite_chunks(data):

@@ -1,12 +1,14 @@
-"""TFRecord framing of event files, with a faster pure-Python CRC-32C.
+"""TFRecord framing of event files, with a faster CRC-32C.
 
 An event file is a sequence of records: the data's length (uint64, little
 endian), the masked CRC-32C of those 8 bytes, the data, and the masked
 CRC-32C of the data. tensorboard's `RecordWriter` computes the CRC a byte
 at a time in Python (~0.12 µs a byte: 85 µs for an event of a dozen scalars
-with long tags); here eight bytes go through eight lookup tables per step
-("slicing-by-8"), about 1.7 times faster, and the length's CRC is cached.
-The standard library only.
+with long tags). Here short data go through eight lookup tables per step
+("slicing-by-8", about 1.7 times faster), and longer data through numpy: the
+CRC is linear in the bytes, so each byte's share depends only on its value
+and its distance from the end, and one table lookup per byte and one XOR
+reduction give it (616 bytes: 43 µs → ~8 µs). The length's CRC is cached.
 
 Example:
 
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import struct
+
+import numpy as np
 
 __all__ = ["RecordFileWriter", "crc32c", "masked_crc32c"]
 
@@ -51,6 +55,8 @@ def crc32c(data: bytes) -> int:
     >>> hex(crc32c(b""))
     '0x0'
     """
+    if len(data) >= _NUMPY_FROM:
+        return _crc32c_numpy(data)
     crc = 0xFFFFFFFF
     end = len(data) - len(data) % 8
     t0, t1, t2, t3, t4, t5, t6, t7 = _T0, _T1, _T2, _T3, _T4, _T5, _T6, _T7
@@ -68,6 +74,60 @@ def crc32c(data: bytes) -> int:
         )
     for byte in data[end:]:
         crc = t0[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+# Data at least this long take the numpy path (below it, numpy's call
+# overhead outweighs the Python loop).
+_NUMPY_FROM = 48
+_BLOCK = 1024  # distances tabulated; longer data go a block at a time
+
+
+@functools.lru_cache(maxsize=1)
+def _distance_tables():
+    """Tables for the numpy path, built on first use (1 MiB, ~5 ms).
+
+    Returns:
+        `(shares, offsets)`: `shares` is flat, row `k` holding each byte
+        value's share of the raw CRC (no initial or final inversion) when the
+        byte is `_BLOCK - 1 - k` bytes from the end; `offsets[k]` is
+        `256 * k`, to index it.
+    """
+    rows = np.empty((_BLOCK, 256), dtype=np.uint32)
+    rows[0] = np.asarray(_T0, dtype=np.uint32)
+    for distance in range(1, _BLOCK):
+        previous = rows[distance - 1]
+        rows[distance] = (previous >> 8) ^ rows[0][previous & 0xFF]
+    shares = np.ascontiguousarray(rows[::-1]).reshape(-1)
+    offsets = np.arange(_BLOCK, dtype=np.intp) * 256
+    return shares, offsets
+
+
+def _shift(crc: int, count: int) -> int:
+    """The CRC register `crc` after `count` (4 to `_BLOCK`) zero bytes."""
+    shares, _ = _distance_tables()
+    last = _BLOCK * 256  # row of distance d starts at (_BLOCK - 1 - d) * 256
+    result = 0
+    for byte in range(4):  # the register's bytes act like the first four bytes
+        distance = count - 1 - byte
+        value = (crc >> (8 * byte)) & 0xFF
+        result ^= int(shares[last - 256 * (distance + 1) + value])
+    return result
+
+
+def _crc32c_numpy(data: bytes) -> int:
+    shares, offsets = _distance_tables()
+    array = np.frombuffer(data, dtype=np.uint8)
+    crc = 0xFFFFFFFF
+    for start in range(0, len(array), _BLOCK):
+        block = array[start : start + _BLOCK]
+        count = len(block)
+        raw = np.bitwise_xor.reduce(shares[offsets[_BLOCK - count :] + block])
+        if count >= 4:
+            crc = int(raw) ^ _shift(crc, count)
+        else:  # a short tail: byte by byte
+            for byte in block.tolist():
+                crc = _T0[(crc ^ byte) & 0xFF] ^ (crc >> 8)
     return crc ^ 0xFFFFFFFF
 
 

@@ -90,6 +90,7 @@ class SummaryWriter:
         self._finalizer = None
         self._tags_with_metadata = set()
         self._last_flush = 0.0
+        self._unflushed = False  # written since the last flush
 
     @property
     def log_dir(self):
@@ -133,13 +134,28 @@ class SummaryWriter:
                 "`values` must be a mapping of tag to number. "
                 f"Received: values={values!r}"
             )
-        seen = self._tags_with_metadata  # a hint only: `_write` decides, locked
-        summary_values = [
-            _summaries.scalar_value(_check_tag(tag), _scalar(value), tag not in seen)
-            for tag, value in values.items()
-        ]
-        if summary_values:
-            self._write(summary_pb2.Summary(value=summary_values), step)
+        pairs = [(_check_tag(tag), _scalar(value)) for tag, value in values.items()]
+        if not pairs:
+            return
+        if not _summaries.FAST_SCALARS:  # a protobuf that encodes differently
+            summary = summary_pb2.Summary(
+                value=[_summaries.scalar_value(t, v) for t, v in pairs]
+            )
+            self._write(summary, step)
+            return
+        step = _check_step(step)
+        frame, pack = _summaries.scalar_value_frame, _summaries.float32_bytes
+        with self._lock:
+            if self._file is None:
+                self._open()
+            seen = self._tags_with_metadata
+            parts = []
+            for tag, value in pairs:
+                head, tail = frame(tag, tag not in seen)
+                seen.add(tag)
+                parts += (head, pack(value), tail)
+            event = _summaries.event_bytes(time.time(), step, b"".join(parts))
+            self._write_record(event)
 
     def histogram(self, tag, values, step, buckets=30):
         """Writes a histogram of the finite `values` (any shape, flattened).
@@ -262,8 +278,9 @@ class SummaryWriter:
     def flush(self):
         """Makes everything written so far readable by other processes."""
         with self._lock:
-            if self._file is not None:
+            if self._file is not None and self._unflushed:
                 self._guarded(self._file.flush)
+                self._unflushed = False
                 self._last_flush = time.monotonic()
 
     def close(self):
@@ -309,9 +326,14 @@ class SummaryWriter:
                 else:
                     self._tags_with_metadata.add(value.tag)
             event = event_pb2.Event(wall_time=time.time(), step=step, summary=summary)
-            self._guarded(self._records.write, event.SerializeToString())
-            if time.monotonic() - self._last_flush >= self._flush_secs:
-                self.flush()
+            self._write_record(event.SerializeToString())
+
+    def _write_record(self, data):
+        """Appends one serialized event (the file is open, the lock held)."""
+        self._guarded(self._records.write, data)
+        self._unflushed = True
+        if time.monotonic() - self._last_flush >= self._flush_secs:
+            self.flush()
 
     def _open(self):
         name = (
@@ -333,6 +355,7 @@ class SummaryWriter:
         self._finalizer = weakref.finalize(self, file.close)
         version = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
         self._guarded(self._records.write, version.SerializeToString())
+        self._unflushed = True
         self.flush()
 
     def _guarded(self, function, *args):
