@@ -115,6 +115,7 @@ class RunContext:
         self.first_seconds_by_part: dict[str, float] = {}  # each part's first run
         self._last_done_at: dict[str, float] = {}  # training seconds at its end
         self._timing_depth = 0
+        self._published_count = None  # findings written to the log and file
         _open_contexts.add(self)
 
     def writer(self, run="train"):
@@ -151,14 +152,19 @@ class RunContext:
                 "trainwatch/findings", findings_markdown(self.findings), self.step
             )
             writer.flush()
+        self._published_count = len(self.findings)  # `add` saved the file
         return True
 
     def publish_findings(self):
         """Writes the findings table and file as they stand, even when empty.
 
         Called at train begin and end, so that a clean run says so in the Text
-        tab and leaves a findings file for `trainwatch report`.
+        tab and leaves a findings file for `trainwatch report`. Skipped when
+        nothing changed since the findings were last written.
         """
+        if self._published_count == len(self.findings):
+            return
+        self._published_count = len(self.findings)
         writer = self.writer("train")
         if writer is not None:
             writer.text(

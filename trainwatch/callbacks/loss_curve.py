@@ -188,10 +188,18 @@ class LossCurve(Monitor):
         if self.disabled or not logs:
             return
         loss = logs.get("loss")
-        try:
-            finite = -math.inf < loss < math.inf
-        except TypeError:  # no loss, or not a number: nothing to watch
+        if loss is None:
             return
+        finite = True
+        if self.stop_on_nan:  # must know now: convert (waits for the step)
+            try:
+                loss = float(loss)
+            except (TypeError, ValueError):  # not one number: nothing to watch
+                return
+            finite = -math.inf < loss < math.inf
+        # Otherwise the tensor is queued as it is and converted when the queue
+        # is worked off, long computed by then; comparing the tensor here
+        # would run tensor ops (~57 µs of CPU a step on JAX).
         self._queue.append((batch, loss))
         if not finite or (
             len(self._queue) >= self._drain_every

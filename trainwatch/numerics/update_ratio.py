@@ -13,6 +13,7 @@ Numpy only; no Keras.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
 import numpy as np
@@ -120,11 +121,18 @@ def sustained_level(samples, window=5, min_samples=3):
     >>> sustained_level([1e-3, 2e-3]) is None
     True
     """
-    values = np.asarray(samples, dtype=np.float64).ravel()
-    values = values[np.isfinite(values) & (values > 0)][-window:]
-    if values.size < min_samples:
+    if isinstance(samples, np.ndarray):
+        samples = samples.ravel().tolist()
+    usable = []  # newest first; judged at every sample, so kept in plain Python
+    for value in reversed(samples):
+        value = float(value)
+        if math.isfinite(value) and value > 0:
+            usable.append(value)
+            if len(usable) == window:
+                break
+    if len(usable) < min_samples:
         return None
-    return float(np.median(values))
+    return float(statistics.median(usable))
 
 
 def learning_rate_factor(ratio, healthy=HEALTHY_RATIO):
