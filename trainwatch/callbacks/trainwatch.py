@@ -75,12 +75,14 @@ class TrainWatch(Monitor):
         image_shape: Shape of one input image, for showing Dense first-layer
             weights over flattened images as pictures (e.g. `(28, 28)`).
             Defaults to `None` (only Conv2D filters, or inputs that are images).
-        budget: Fraction of training time trainwatch may spend; heavy probes
-            (distributions, gradient checks) are spaced out to stay within it,
-            while the first of each still comes early. They run at epoch ends,
-            and in long epochs also mid-epoch once 30 s of training have passed
-            since the last (the first gradient check too, after warm-up). Its
-            own cost is logged as `trainwatch/overhead`. Defaults to 0.05.
+        budget: Fraction of training time trainwatch may spend. Heavy probes
+            (distributions, gradient checks) are spaced out to fill all of it
+            but 2% of training time (left to the loss curve, the update ratios
+            and costs no timer sees: at 5%, they fill 3%), while the first of
+            each still comes early. They run at epoch ends, and in long epochs
+            also mid-epoch once 30 s of training have passed since the last
+            (the first gradient check too, after warm-up). Its own cost is
+            logged as `trainwatch/overhead`. Defaults to 0.05.
         **parts: Per-part settings, see above.
 
     Example:
