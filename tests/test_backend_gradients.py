@@ -151,3 +151,45 @@ def test_overrides_replace_one_variable(batch):
     assert changed.regularization == 0.0
     assert base.regularization > 0.0
     assert changed.data != base.data
+
+
+def test_float64_shadow_is_kept_and_refreshed_with_the_weights(batch):
+    x, y = batch
+    model = make_softmax_regression()
+    with float64.float64_mode():
+        first = float64.float64_shadow(model)
+        model.fit(x.astype("float32"), y, epochs=2, verbose=0)  # new weights
+        again = float64.float64_shadow(model)
+        kept_weights = [np.asarray(w.numpy()) for w in again.weights]
+    assert again is first
+    for ours, theirs in zip(model.weights, kept_weights):
+        np.testing.assert_array_equal(theirs, np.asarray(ours.numpy(), np.float64))
+    # Compiled again with another loss: the shadow follows.
+    model.compile(optimizer="adam", loss="categorical_hinge")
+    with float64.float64_mode():
+        other = float64.float64_shadow(model)
+    assert other is not first
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="compiled per model on JAX only"
+)
+def test_compiled_gradients_equal_eager_ones_and_follow_the_weights(batch):
+    x, y = batch
+    model = make_softmax_regression()
+    with float64.float64_mode():
+        shadow = float64.float64_shadow(model)
+        xb = model_functions.convert_batch(x, "float64")
+        yb = model_functions.convert_batch(y)
+        for _ in range(2):  # the second time, with the compiled code kept
+            for part in ("data", "regularization"):
+                eager = model_functions.compute_gradients(shadow, xb, yb, part=part)
+                compiled = model_functions.compute_gradients(
+                    shadow, xb, yb, part=part, compiled=True
+                )
+                assert compiled.loss == pytest.approx(eager.loss, rel=1e-13)
+                for a, b in zip(compiled.gradients, eager.gradients):
+                    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-300)
+            model.fit(x.astype("float32"), y, epochs=1, verbose=0)
+            shadow = float64.float64_shadow(model)
+    assert model_functions.compiles_per_model()

@@ -256,6 +256,37 @@ def test_one_wrong_variable_is_found_and_only_it(layer_kwargs, code):
         assert bad.estimated_error < 1e-5
 
 
+def test_a_model_checked_again_is_checked_at_its_new_weights():
+    # The float64 copy (and on JAX its compiled code) is kept between checks:
+    # the second check must see the trained weights and still find the bug.
+    model = with_custom(GradScaledDense(12, name="scaled", scale=1.001))
+    x, y = batch()
+    first = check_gradients(model, x, y)
+    model.fit(x, y, epochs=3, verbose=0)
+    second = check_gradients(model, x, y)
+    for result in (first, second):
+        assert [f.code for f in result.findings if f.severity == "error"] == [
+            "gradient_wrong"
+        ], str(result)
+    assert first.loss.data != second.loss.data  # evaluated at other weights
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="compiled per model on JAX only"
+)
+def test_when_compiling_fails_the_check_runs_eagerly(monkeypatch):
+    from trainwatch.backends import model_functions
+
+    def cannot_compile(*args, **kwargs):
+        raise TypeError("not traceable")
+
+    monkeypatch.setattr(model_functions, "compiled_gradient_function", cannot_compile)
+    monkeypatch.setattr(model_functions, "compiled_loss_function", cannot_compile)
+    result = check_gradients(tanh_l2(), *batch())
+    assert result.passed and result.precision == "float64", str(result)
+    assert result.max_relative_error < 1e-7, str(result)
+
+
 def test_wrong_regularizer_gradient_is_reported_apart_from_data():
     model = compiled(
         [

@@ -400,7 +400,7 @@ def check_gradients(
         if precision in ("auto", "float64"):
             try:
                 with float64.float64_mode():
-                    shadow = float64.make_float64_shadow(model)
+                    shadow = float64.float64_shadow(model)
                     _check_aligned(model, shadow)
                     result = _run(
                         shadow, model, x, y, sample_weight, "float64",
@@ -504,7 +504,9 @@ class _Evaluator:
         expected_calls: How many evaluations the check will make.
     """
 
-    def __init__(self, model, x, y, sample_weight, dtype, expected_calls):
+    def __init__(
+        self, model, x, y, sample_weight, dtype, expected_calls, compiled=False
+    ):
         backend = get_backend()
         self._backend = backend
         self.dtype = dtype
@@ -516,6 +518,16 @@ class _Evaluator:
 
         self._eager = parts
         self._compiled = None
+        if compiled:  # compiled once per model, for this and every later check
+            model_loss = mf.compiled_loss_function(model, x, y, "total")
+
+            def compiled_parts(values):
+                _, (_, data, regularization, _) = model_loss(
+                    values, x, y, sample_weight
+                )
+                return data, regularization
+
+            self._compiled = compiled_parts
         self._expected_calls = expected_calls
         self.arrays = [
             np.array(backend.to_numpy(v), dtype=dtype)
@@ -567,12 +579,26 @@ def _run(
     xb = mf.convert_batch(x, name)
     yb = mf.convert_batch(y, name)
     swb = mf.convert_batch(sample_weight, name)
-    data_grads = mf.compute_gradients(eval_model, xb, yb, swb, part="data")
+    # The float64 shadow is kept per model: on JAX its functions are compiled
+    # once and serve every later check (the user's own model, checked in
+    # float32, is left as it is).
+    compiled = eval_model is not user_model and mf.compiles_per_model()
+    if compiled:
+        try:
+            data_grads = mf.compute_gradients(
+                eval_model, xb, yb, swb, part="data", compiled=True
+            )
+        except Exception:  # not traceable (Python-side work): eager as before
+            compiled = False
+    if not compiled:
+        data_grads = mf.compute_gradients(eval_model, xb, yb, swb, part="data")
     loss = data_grads.loss
     variables = user_model.trainable_variables
     if not all(np.isfinite([loss.data, loss.regularization])):
         return _non_finite_result(variables, precision, loss)
-    reg_grads = mf.compute_gradients(eval_model, xb, yb, swb, part="regularization")
+    reg_grads = mf.compute_gradients(
+        eval_model, xb, yb, swb, part="regularization", compiled=compiled
+    )
     check_reg = loss.regularization != 0.0 or any(
         g is not None and np.any(g) for g in reg_grads.gradients
     )
@@ -580,7 +606,7 @@ def _run(
     expected = 4 * sum(
         min(lines_per_variable, int(np.prod(v.shape)) + directions) for v in variables
     )
-    evaluator = _Evaluator(eval_model, xb, yb, swb, dtype, expected)
+    evaluator = _Evaluator(eval_model, xb, yb, swb, dtype, expected, compiled)
     rng = np.random.default_rng(seed)
     rel = relative_step or _RELATIVE_STEP[precision]
     thresholds = THRESHOLDS[precision]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 
 import keras
 import numpy as np
@@ -203,3 +204,44 @@ def fraction_beyond_float32(values) -> float:
         return 0.0
     roundtrip = array.astype(np.float32).astype(np.float64)
     return float(np.mean(roundtrip != array))
+
+
+# One shadow per user model, kept between checks: `{model: (compiled loss
+# (weak), number of weights, shadow)}`. The shadow does not refer to the
+# user's model, so the entry goes with it.
+_shadows: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def float64_shadow(model):
+    """The float64 shadow of `model`, made once and then refreshed with its weights.
+
+    Rebuilding a shadow costs a serialization round trip and, on JAX, the
+    compilation of its functions; a model checked every few epochs keeps one.
+    It is made anew when the model was compiled again (another loss) or its
+    weights changed in number. Must be called inside `float64_mode()`.
+
+    Raises:
+        Float64Unavailable: as `make_float64_shadow`.
+
+    Example:
+    >>> with float64_mode():
+    ...     float64_shadow(model) is float64_shadow(model)  # doctest: +SKIP
+    True
+    """
+    compile_loss = getattr(model, "_compile_loss", None)
+    entry = _shadows.get(model)
+    if entry is not None:
+        loss_ref, count, shadow = entry
+        same_loss = (loss_ref() if loss_ref is not None else None) is compile_loss
+        if same_loss and count == len(model.weights):
+            try:
+                model_copy.copy_weights(
+                    model, shadow, Float64Unavailable, dtype="float64"
+                )
+                return shadow
+            except Float64Unavailable:
+                pass  # the model changed shape: a new shadow
+    shadow = make_float64_shadow(model)
+    loss_ref = weakref.ref(compile_loss) if compile_loss is not None else None
+    _shadows[model] = (loss_ref, len(model.weights), shadow)
+    return shadow

@@ -6,6 +6,9 @@ import jax
 import numpy as np
 
 NAME = "jax"
+# Eager JAX compiles each primitive on first use, so a gradient check compiles
+# its functions once per model instead (`model_functions.compiled_*`).
+COMPILE_PER_MODEL = True
 
 
 def value_and_grad(fn, args):
@@ -44,3 +47,14 @@ def jit(fn):
     inside the same `x64_scope` as the arrays.
     """
     return jax.jit(fn)
+
+
+def jit_value_and_grad(fn):
+    """`fn(args, *rest) -> (scalar, aux)` as one compiled function of all its arguments.
+
+    Returns:
+        A function returning `((scalar, aux), grads)`, the gradients with
+        respect to `args` (the first argument) only. Call it inside the same
+        `x64_scope` as the arrays.
+    """
+    return jax.jit(jax.value_and_grad(fn, has_aux=True))

@@ -196,14 +196,39 @@ def make_loss_function(model, x, y, sample_weight=None, part="total", training=F
         A function of a list of trainable-variable values that returns the
         chosen scalar and an aux tuple `(total, data, regularization, y_pred)`.
     """
+    loss_of_batch = batch_loss_function(model, x, y, part, training)
+    non_trainable = _variable_values(model.non_trainable_variables)
+
+    def loss_fn(trainable_values):
+        return loss_of_batch(trainable_values, non_trainable, x, y, sample_weight)
+
+    return loss_fn
+
+
+def batch_loss_function(model, x, y, part="total", training=False):
+    """`fn(trainable, non_trainable, x, y, sample_weight) -> (loss_part, aux)`.
+
+    The loss of `make_loss_function` with the variable values and the batch as
+    arguments, so that one compiled function serves every call with the same
+    shapes (`compiled_gradient_function`). `x` and `y` are only used to build
+    the compiled loss when it is unbuilt.
+
+    Args:
+        model: A built, compiled Keras model.
+        x, y: A batch (converted with `convert_batch`).
+        part: `"total"`, `"data"` or `"regularization"`. Defaults to `"total"`.
+        training: Run layers in training mode. Defaults to `False`.
+
+    Returns:
+        The function; its aux is `(total, data, regularization, y_pred)`.
+    """
     if part not in PARTS:
         raise ValueError(f"Expected part in {PARTS}. Received: part={part!r}")
     compile_loss = _built_compile_loss(model, x, y, training)
-    non_trainable = _variable_values(model.non_trainable_variables)
     kwargs = _call_kwargs(model, training)
     custom_loss = _overrides_compute_loss(model) or model._compile_loss is None
 
-    def loss_fn(trainable_values):
+    def loss_of_batch(trainable_values, non_trainable, x, y, sample_weight):
         y_pred, _, extra_losses = model.stateless_call(
             trainable_values, non_trainable, x, return_losses=True, **kwargs
         )
@@ -241,6 +266,82 @@ def make_loss_function(model, x, y, sample_weight=None, part="total", training=F
                 total = data + regularization
         chosen = {"total": total, "data": data, "regularization": regularization}[part]
         return chosen, (total, data, regularization, y_pred)
+
+    return loss_of_batch
+
+
+# Compiled functions are kept on the model they belong to (JAX). Compiling
+# costs about as much as one eager check of a small model, but a first check
+# in a new process runs ~100 primitives eagerly, each compiled on first use
+# (measured, digits MLP: 3.9 s eager against 0.7 s compiled), and every later
+# check of the same model reuses the compiled code (0.3 s against 0.02 s).
+_COMPILED_ATTRIBUTE = "_trainwatch_compiled_functions"
+
+
+def compiles_per_model() -> bool:
+    """Whether the backend compiles the check's functions once per model (JAX)."""
+    return bool(getattr(get_backend(), "COMPILE_PER_MODEL", False))
+
+
+def _compiled(model, key, make):
+    # On the model itself (not in a weak map, whose values would keep their
+    # model alive), set past Keras's attribute tracking.
+    functions = model.__dict__.get(_COMPILED_ATTRIBUTE)
+    if functions is None:
+        functions = {}
+        object.__setattr__(model, _COMPILED_ATTRIBUTE, functions)
+    if key not in functions:
+        functions[key] = make()
+    return functions[key]
+
+
+def compiled_gradient_function(model, x, y, part="total", training=False):
+    """`fn(trainable_values, x, y, sample_weight) -> (value, aux, grads)`, compiled.
+
+    Compiled once per model, part and mode, and reused by every later call
+    (shapes and dtypes alike): for a model checked again and again, such as
+    the float64 shadow a gradient check keeps. The non-trainable values are
+    read from the model at each call.
+
+    Args:
+        model: A built, compiled Keras model.
+        x, y: A batch, to build an unbuilt compiled loss.
+        part: `"total"`, `"data"` or `"regularization"`. Defaults to `"total"`.
+        training: Defaults to `False`.
+    """
+    backend = get_backend()
+
+    def make():
+        loss_of_batch = batch_loss_function(model, x, y, part, training)
+        return backend.jit_value_and_grad(loss_of_batch)
+
+    compiled = _compiled(model, ("gradient", part, bool(training)), make)
+
+    def gradient_fn(trainable_values, x, y, sample_weight=None):
+        non_trainable = _variable_values(model.non_trainable_variables)
+        (value, aux), grads = compiled(
+            list(trainable_values), non_trainable, x, y, sample_weight
+        )
+        return value, aux, grads
+
+    return gradient_fn
+
+
+def compiled_loss_function(model, x, y, part="total", training=False):
+    """`fn(trainable_values, x, y, sample_weight) -> (loss_part, aux)`, compiled.
+
+    Like `compiled_gradient_function`, without the gradient.
+    """
+    backend = get_backend()
+
+    def make():
+        return backend.jit(batch_loss_function(model, x, y, part, training))
+
+    compiled = _compiled(model, ("loss", part, bool(training)), make)
+
+    def loss_fn(trainable_values, x, y, sample_weight=None):
+        non_trainable = _variable_values(model.non_trainable_variables)
+        return compiled(list(trainable_values), non_trainable, x, y, sample_weight)
 
     return loss_fn
 
@@ -293,7 +394,14 @@ def trainable_values_with(model, overrides=None) -> list:
 
 
 def compute_gradients(
-    model, x, y, sample_weight=None, part="total", training=False, overrides=None
+    model,
+    x,
+    y,
+    sample_weight=None,
+    part="total",
+    training=False,
+    overrides=None,
+    compiled=False,
 ) -> GradientResult:
     """Loss parts and the backprop gradient of one part for every trainable variable.
 
@@ -303,6 +411,9 @@ def compute_gradients(
         part: `"total"`, `"data"` or `"regularization"`. Defaults to `"total"`.
         training: Defaults to `False` (inference mode: dropout off).
         overrides: As in `compute_loss_parts`. Defaults to `None`.
+        compiled: Use the function compiled once per model
+            (`compiled_gradient_function`; only where `compiles_per_model()`).
+            Defaults to `False`.
 
     Returns:
         A `GradientResult`; `gradients[i]` belongs to
@@ -316,9 +427,14 @@ def compute_gradients(
     True
     """
     backend = get_backend()
-    loss_fn = make_loss_function(model, x, y, sample_weight, part, training)
     values = trainable_values_with(model, overrides)
-    _, aux, grads = backend.value_and_grad(loss_fn, values)
+    if compiled:
+        gradient_fn = compiled_gradient_function(model, x, y, part, training)
+        _, aux, grads = gradient_fn(values, x, y, sample_weight)
+        grads = [backend.to_numpy(g) for g in grads]
+    else:
+        loss_fn = make_loss_function(model, x, y, sample_weight, part, training)
+        _, aux, grads = backend.value_and_grad(loss_fn, values)
     return GradientResult(_loss_parts_from_aux(aux), grads, part)
 
 
