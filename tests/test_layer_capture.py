@@ -117,3 +117,43 @@ def test_subclassed_model_and_sampling():
     assert len(set(first.feature_indices.tolist())) == 3
     assert np.all(first.output >= 0)  # relu outputs
     assert "call" not in model.first.__dict__  # patch removed
+
+
+def test_repeated_probes_follow_weights_and_statistics(monkeypatch):
+    # Where the probe pass is compiled once per model (JAX), later probes must
+    # see new weights, new normalization statistics and new data, as eager
+    # passes do.
+    model = compile_(
+        keras.Sequential(
+            [
+                keras.Input((6,)),
+                keras.layers.Dense(5, name="hidden"),
+                keras.layers.BatchNormalization(name="norm"),
+                keras.layers.Dense(3, activation="softmax", name="out"),
+            ]
+        )
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 6)).astype("float32")
+    y = rng.integers(0, 3, size=32)
+
+    def probe(data):
+        traces, gradients = mf.layer_outputs_and_gradients(
+            model, *mf.convert_batch(data), return_weight_gradients=True
+        )
+        return [t.output for t in traces] + [t.output_gradient for t in traces], [
+            g for g in gradients.gradients
+        ]
+
+    seen = []
+    for step in range(3):
+        data = (x[:8] * (1 + step), y[:8])
+        kept = probe(data)
+        with monkeypatch.context() as patch:
+            patch.setattr(mf, "compiles_per_model", lambda: False)
+            eager = probe(data)
+        for a, b in zip(kept[0] + kept[1], eager[0] + eager[1]):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+        seen.append(kept[0][1])
+        model.fit(x, y, epochs=1, batch_size=8, verbose=0)  # weights and stats move
+    assert not np.allclose(seen[0], seen[1])

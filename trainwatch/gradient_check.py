@@ -583,10 +583,11 @@ def _run(
     # once and serve every later check (the user's own model, checked in
     # float32, is left as it is).
     compiled = eval_model is not user_model and mf.compiles_per_model()
+    reg_grads = None
     if compiled:
         try:
-            data_grads = mf.compute_gradients(
-                eval_model, xb, yb, swb, part="data", compiled=True
+            data_grads, reg_grads = mf.compute_gradients_of_parts(
+                eval_model, xb, yb, swb, ("data", "regularization")
             )
         except Exception:  # not traceable (Python-side work): eager as before
             compiled = False
@@ -596,9 +597,8 @@ def _run(
     variables = user_model.trainable_variables
     if not all(np.isfinite([loss.data, loss.regularization])):
         return _non_finite_result(variables, precision, loss)
-    reg_grads = mf.compute_gradients(
-        eval_model, xb, yb, swb, part="regularization", compiled=compiled
-    )
+    if reg_grads is None:
+        reg_grads = mf.compute_gradients(eval_model, xb, yb, swb, part="regularization")
     check_reg = loss.regularization != 0.0 or any(
         g is not None and np.any(g) for g in reg_grads.gradients
     )

@@ -49,12 +49,50 @@ def jit(fn):
     return jax.jit(fn)
 
 
+# For functions compiled once per model and called a few hundred times on
+# small batches, XLA's compile time dominates: its backend optimization level
+# 0 cut it from 0.28 to 0.17 s (digits MLP, value and gradient) while calls
+# stayed as fast (matrix products go to the same library kernels).
+_QUICK_COMPILE = {"xla_backend_optimization_level": 0}
+
+
 def jit_value_and_grad(fn):
     """`fn(args, *rest) -> (scalar, aux)` as one compiled function of all its arguments.
+
+    Compiled for a short compile time rather than the fastest code.
 
     Returns:
         A function returning `((scalar, aux), grads)`, the gradients with
         respect to `args` (the first argument) only. Call it inside the same
         `x64_scope` as the arrays.
     """
-    return jax.jit(jax.value_and_grad(fn, has_aux=True))
+    return jax.jit(
+        jax.value_and_grad(fn, has_aux=True), compiler_options=_QUICK_COMPILE
+    )
+
+
+def jit_values_and_grads(fns):
+    """Several `fn(args, *rest) -> (scalar, aux)` as one compiled function.
+
+    Returns:
+        A function of `(args, *rest)` returning `[((scalar, aux), grads), ...]`,
+        one entry per function, gradients with respect to `args`.
+    """
+    parts = [jax.value_and_grad(fn, has_aux=True) for fn in fns]
+
+    def all_parts(*args):
+        return [part(*args) for part in parts]
+
+    return jax.jit(all_parts, compiler_options=_QUICK_COMPILE)
+
+
+def jit_quick(fn):
+    """`jax.jit(fn)` compiled for a short compile time (see `jit_value_and_grad`)."""
+    return jax.jit(fn, compiler_options=_QUICK_COMPILE)
+
+
+def abstract_call(fn, args):
+    """Runs `fn(args)` on shapes only (`jax.eval_shape`): nothing is computed
+    or compiled, but Python-side effects (such as recording the layers that
+    ran and their output shapes) happen."""
+    return jax.eval_shape(fn, args)

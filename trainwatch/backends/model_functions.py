@@ -283,46 +283,60 @@ def compiles_per_model() -> bool:
     return bool(getattr(get_backend(), "COMPILE_PER_MODEL", False))
 
 
+class _CompiledFunctions(dict):
+    """The compiled functions of one model; its copies and pickles start empty."""
+
+    def __copy__(self):
+        return _CompiledFunctions()
+
+    def __deepcopy__(self, memo):
+        return _CompiledFunctions()
+
+    def __reduce__(self):
+        return (_CompiledFunctions, ())
+
+
 def _compiled(model, key, make):
     # On the model itself (not in a weak map, whose values would keep their
     # model alive), set past Keras's attribute tracking.
     functions = model.__dict__.get(_COMPILED_ATTRIBUTE)
     if functions is None:
-        functions = {}
+        functions = _CompiledFunctions()
         object.__setattr__(model, _COMPILED_ATTRIBUTE, functions)
     if key not in functions:
         functions[key] = make()
     return functions[key]
 
 
-def compiled_gradient_function(model, x, y, part="total", training=False):
-    """`fn(trainable_values, x, y, sample_weight) -> (value, aux, grads)`, compiled.
+def compiled_gradient_function(model, x, y, parts=("total",), training=False):
+    """`fn(trainable_values, x, y, sample_weight) -> [(value, aux, grads), ...]`.
 
-    Compiled once per model, part and mode, and reused by every later call
-    (shapes and dtypes alike): for a model checked again and again, such as
-    the float64 shadow a gradient check keeps. The non-trainable values are
-    read from the model at each call.
+    One compiled function for the gradients of all `parts`, compiled once per
+    model, parts and mode and reused by every later call with the same shapes
+    and dtypes: for a model checked again and again, such as the float64
+    shadow a gradient check keeps. The non-trainable values are read from the
+    model at each call.
 
     Args:
         model: A built, compiled Keras model.
         x, y: A batch, to build an unbuilt compiled loss.
-        part: `"total"`, `"data"` or `"regularization"`. Defaults to `"total"`.
+        parts: Loss parts, each of `"total"`, `"data"`, `"regularization"`.
+            Defaults to `("total",)`.
         training: Defaults to `False`.
     """
     backend = get_backend()
+    parts = tuple(parts)
 
     def make():
-        loss_of_batch = batch_loss_function(model, x, y, part, training)
-        return backend.jit_value_and_grad(loss_of_batch)
+        fns = [batch_loss_function(model, x, y, part, training) for part in parts]
+        return backend.jit_values_and_grads(fns)
 
-    compiled = _compiled(model, ("gradient", part, bool(training)), make)
+    compiled = _compiled(model, ("gradient", parts, bool(training)), make)
 
     def gradient_fn(trainable_values, x, y, sample_weight=None):
         non_trainable = _variable_values(model.non_trainable_variables)
-        (value, aux), grads = compiled(
-            list(trainable_values), non_trainable, x, y, sample_weight
-        )
-        return value, aux, grads
+        results = compiled(list(trainable_values), non_trainable, x, y, sample_weight)
+        return [(value, aux, grads) for (value, aux), grads in results]
 
     return gradient_fn
 
@@ -335,7 +349,8 @@ def compiled_loss_function(model, x, y, part="total", training=False):
     backend = get_backend()
 
     def make():
-        return backend.jit(batch_loss_function(model, x, y, part, training))
+        loss_of_batch = batch_loss_function(model, x, y, part, training)
+        return getattr(backend, "jit_quick", backend.jit)(loss_of_batch)
 
     compiled = _compiled(model, ("loss", part, bool(training)), make)
 
@@ -429,13 +444,36 @@ def compute_gradients(
     backend = get_backend()
     values = trainable_values_with(model, overrides)
     if compiled:
-        gradient_fn = compiled_gradient_function(model, x, y, part, training)
-        _, aux, grads = gradient_fn(values, x, y, sample_weight)
-        grads = [backend.to_numpy(g) for g in grads]
-    else:
-        loss_fn = make_loss_function(model, x, y, sample_weight, part, training)
-        _, aux, grads = backend.value_and_grad(loss_fn, values)
+        [result] = compute_gradients_of_parts(
+            model, x, y, sample_weight, (part,), training, overrides
+        )
+        return result
+    loss_fn = make_loss_function(model, x, y, sample_weight, part, training)
+    _, aux, grads = backend.value_and_grad(loss_fn, values)
     return GradientResult(_loss_parts_from_aux(aux), grads, part)
+
+
+def compute_gradients_of_parts(
+    model, x, y, sample_weight=None, parts=PARTS, training=False, overrides=None
+) -> list:
+    """`compute_gradients` of several parts in one compiled pass (JAX).
+
+    Only where `compiles_per_model()`; compiled once per model and parts.
+
+    Returns:
+        One `GradientResult` per part, in the order of `parts`.
+    """
+    backend = get_backend()
+    values = trainable_values_with(model, overrides)
+    gradient_fn = compiled_gradient_function(model, x, y, parts, training)
+    return [
+        GradientResult(
+            _loss_parts_from_aux(aux), [backend.to_numpy(g) for g in grads], part
+        )
+        for part, (_, aux, grads) in zip(
+            parts, gradient_fn(values, x, y, sample_weight)
+        )
+    ]
 
 
 def leaf_layers(model) -> list:
@@ -612,19 +650,28 @@ def layer_outputs_and_gradients(
     plan = _plans.get(model, {}).get(plan_key)
 
     rng = np.random.default_rng(seed)
+    compiled = compiles_per_model()
     try:
         with _LayerCapture(layers) as capture:
             if plan is None:
-                loss_fn(values)  # which layers run, and their output shapes
+                _shape_pass(backend, capture, loss_fn, values, compiled)
                 shapes = {k: tuple(t.shape) for k, t in capture.outputs.items()}
                 order = list(capture.outputs)
                 capture.outputs = {}
                 _plans.setdefault(model, {})[plan_key] = (order, shapes)
             else:
                 order, shapes = plan
-            traced = _trace_with_probes(
-                backend, capture, loss_fn, values, order, shapes, max_features, rng
-            )
+        traced = None
+        if compiled:
+            traced = _compiled_trace_with_probes(
+                model, layers, x, y, sample_weight, training, values,
+                (plan_key, order, shapes, max_features, seed),
+            )  # fmt: skip
+        if traced is None:
+            with _LayerCapture(layers) as capture:
+                traced = _trace_with_probes(
+                    backend, capture, loss_fn, values, order, shapes, max_features, rng
+                )
     except Exception:
         if plan is None:
             raise
@@ -667,6 +714,23 @@ def layer_outputs_and_gradients(
     )
 
 
+def _shape_pass(backend, capture, loss_fn, values, abstract):
+    """Runs the forward pass that records which layers run and their shapes.
+
+    With `abstract`, on shapes only where the backend can (nothing to compile
+    on JAX); a model whose path depends on its data's values cannot be traced
+    that way and runs for real.
+    """
+    abstract_call = getattr(backend, "abstract_call", None) if abstract else None
+    if abstract_call is not None:
+        try:
+            abstract_call(loss_fn, values)
+            return
+        except Exception:
+            capture.outputs = {}
+    loss_fn(values)
+
+
 # Output shapes of the captured layers, by model, then by batch signature and
 # layers: the shape pass runs once per model and probe shape, not every probe.
 _plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -680,15 +744,59 @@ def _batch_signature(data):
     )
 
 
-def _trace_with_probes(
-    backend, capture, loss_fn, values, order, shapes, max_features, rng
+def _compiled_trace_with_probes(
+    model, layers, x, y, sample_weight, training, values, plan
 ):
-    """One forward and backward pass with a (sampled) zero probe on every layer.
+    """`_trace_with_probes` compiled once per model and plan (JAX), or `None`.
 
-    Returns:
-        `(order, shapes, indices, outputs, aux, grads)`; `grads` holds the
-        variables' gradients, then the probes'.
+    The probes, the sampled features and the layer capture are made once and
+    kept with the compiled pass; variable values and the batch are its
+    arguments. `None` when the pass cannot be compiled (eager from then on).
     """
+    backend = get_backend()
+    plan_key, order, shapes, max_features, seed = plan
+
+    def make():
+        capture = _LayerCapture(layers)
+        rng = np.random.default_rng(seed)
+        probes, indices, gathers = _make_probes(
+            capture, order, shapes, max_features, rng
+        )
+        loss_of_batch = batch_loss_function(model, x, y, "total", training)
+        n_values = len(values)
+
+        def fn(args, non_trainable, x, y, sample_weight):
+            capture.probes = dict(zip(order, args[n_values:]))
+            loss, aux = loss_of_batch(
+                args[:n_values], non_trainable, x, y, sample_weight
+            )
+            outputs = _captured_outputs(capture, order, shapes, gathers)
+            return loss, (outputs, aux)
+
+        return [capture, backend.jit_value_and_grad(fn), probes, indices]
+
+    key = ("probe", plan_key, max_features, seed)
+    entry = _compiled(model, key, make)
+    if entry is None:
+        return None
+    capture, compiled, probes, indices = entry
+    non_trainable = _variable_values(model.non_trainable_variables)
+    try:
+        with capture:  # layers patched only matter while tracing
+            (_, (outputs, aux)), grads = compiled(
+                list(values) + probes, non_trainable, x, y, sample_weight
+            )
+    except Exception:
+        model.__dict__[_COMPILED_ATTRIBUTE][key] = None  # eager from now on
+        return None
+    finally:
+        capture.probes = {}
+    grads = [backend.to_numpy(g) for g in grads]
+    return order, shapes, indices, outputs, aux, grads
+
+
+def _make_probes(capture, order, shapes, max_features, rng):
+    """Zero probes (sampled where outputs are large), their indices and gathers."""
     probes, indices, gathers = [], {}, {}
     for key in order:
         batch, feature_shape = shapes[key][0], shapes[key][1:]
@@ -704,19 +812,36 @@ def _trace_with_probes(
             capture.inverses[key] = keras.ops.convert_to_tensor(inverse)
             gathers[key] = keras.ops.convert_to_tensor(kept.astype("int32"))
         probes.append(keras.ops.zeros(shape, dtype=keras.backend.floatx()))
+    return probes, indices, gathers
+
+
+def _captured_outputs(capture, order, shapes, gathers):
+    outputs = []
+    for key in order:
+        output = capture.outputs[key]
+        if key in gathers:
+            output = keras.ops.reshape(output, (shapes[key][0], -1))
+            output = keras.ops.take(output, gathers[key], axis=1)
+        outputs.append(output)
+    return outputs
+
+
+def _trace_with_probes(
+    backend, capture, loss_fn, values, order, shapes, max_features, rng
+):
+    """One forward and backward pass with a (sampled) zero probe on every layer.
+
+    Returns:
+        `(order, shapes, indices, outputs, aux, grads)`; `grads` holds the
+        variables' gradients, then the probes'.
+    """
+    probes, indices, gathers = _make_probes(capture, order, shapes, max_features, rng)
     n_values = len(values)
 
     def fn(args):
         capture.probes = dict(zip(order, args[n_values:]))
         loss, aux = loss_fn(args[:n_values])
-        outputs = []
-        for key in order:
-            output = capture.outputs[key]
-            if key in gathers:
-                output = keras.ops.reshape(output, (shapes[key][0], -1))
-                output = keras.ops.take(output, gathers[key], axis=1)
-            outputs.append(output)
-        return loss, (outputs, aux)
+        return loss, (_captured_outputs(capture, order, shapes, gathers), aux)
 
     _, (outputs, aux), grads = backend.value_and_grad(fn, values + probes)
     capture.probes = {}
