@@ -281,6 +281,22 @@ def _forward(model, x):
     return y_pred
 
 
+def _compiled_prediction_and_loss(model, xb, yb):
+    """`(y_pred, data loss)` from one compiled pass where the backend compiles
+    per model (JAX: eager, each primitive would compile on first use), else
+    or on any failure `(None, None)`."""
+    if not mf.compiles_per_model():
+        return None, None
+    try:
+        loss_fn = mf.compiled_loss_function(model, xb, yb, "data")
+        data, (_, _, _, y_pred) = loss_fn(
+            [v.value for v in model.trainable_variables], xb, yb, None
+        )
+        return y_pred, float(_to_numpy(data))
+    except Exception:  # e.g. labels that do not fit the loss: said below
+        return None, None
+
+
 def _spread_note(expectation) -> str:
     if expectation.kind == el.MEAN_SQUARED_ERROR:
         return ""
@@ -298,13 +314,15 @@ def _check_initial_loss(model, x, y, spec, rtol) -> CheckResult:
     name = "initial_loss"
     xb, yb = mf.convert_batch(x), mf.convert_batch(y)
     values = {"loss_name": spec.name, "examples": _length(x)}
-    y_pred = _forward(model, xb)
+    y_pred, data_loss = _compiled_prediction_and_loss(model, xb, yb)
+    if y_pred is None:
+        y_pred = _forward(model, xb)
     if isinstance(y_pred, (list, tuple, dict)):
         return CheckResult(name, SKIPPED, "several outputs: skipped", values, ())
     problems = []
-    data_loss = None
     try:
-        data_loss = mf.compute_loss_parts(model, xb, yb).data
+        if data_loss is None:
+            data_loss = mf.compute_loss_parts(model, xb, yb).data
         values["loss"] = data_loss
     except Exception as error:  # a label/loss mismatch often fails right here
         problems.append(

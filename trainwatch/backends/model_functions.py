@@ -370,7 +370,7 @@ def _loss_parts_from_aux(aux) -> LossParts:
 
 
 def compute_loss_parts(
-    model, x, y, sample_weight=None, overrides=None, training=False
+    model, x, y, sample_weight=None, overrides=None, training=False, compiled=False
 ) -> LossParts:
     """Evaluates the loss (data and regularization parts) without gradients.
 
@@ -382,6 +382,9 @@ def compute_loss_parts(
             e.g. a perturbed copy for finite differences. Values may be numpy
             arrays; they are cast to the variable's dtype. Defaults to `None`.
         training: Defaults to `False` (inference mode).
+        compiled: Use the function compiled once per model
+            (`compiled_loss_function`), where `compiles_per_model()`: for a
+            loss evaluated again and again. Defaults to `False`.
 
     Returns:
         `LossParts` of numpy floats.
@@ -392,8 +395,12 @@ def compute_loss_parts(
     >>> parts.total == parts.data + parts.regularization  # doctest: +SKIP
     """
     values = trainable_values_with(model, overrides)
-    loss_fn = make_loss_function(model, x, y, sample_weight, "total", training)
-    _, aux = loss_fn(values)
+    if compiled and compiles_per_model():
+        loss_fn = compiled_loss_function(model, x, y, "total", training)
+        _, aux = loss_fn(values, x, y, sample_weight)
+    else:
+        loss_fn = make_loss_function(model, x, y, sample_weight, "total", training)
+        _, aux = loss_fn(values)
     return _loss_parts_from_aux(aux)
 
 

@@ -279,6 +279,7 @@ class GradientCheck(Monitor):
                 mf.convert_batch(x),
                 mf.convert_batch(y),
                 mf.convert_batch(sample_weight),
+                compiled=True,  # evaluated again until the loss falls
             )
         except Exception:  # no probe loss: fall back on the step count
             return None
