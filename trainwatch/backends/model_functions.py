@@ -772,7 +772,8 @@ def _compiled_trace_with_probes(
         loss_of_batch = batch_loss_function(model, x, y, "total", training)
         n_values = len(values)
 
-        def fn(args, non_trainable, x, y, sample_weight):
+        def fn(args, non_trainable, x, y, sample_weight):  # runs when traced
+            capture.outputs = {}  # none left from an earlier trace
             capture.probes = dict(zip(order, args[n_values:]))
             loss, aux = loss_of_batch(
                 args[:n_values], non_trainable, x, y, sample_weight
