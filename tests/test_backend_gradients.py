@@ -171,6 +171,16 @@ def test_float64_shadow_is_kept_and_refreshed_with_the_weights(batch):
     assert other is not first
 
 
+def test_float64_shadows_of_large_models_are_not_kept(monkeypatch):
+    model = make_softmax_regression()  # 24 parameters
+    monkeypatch.setattr(float64, "KEEP_SHADOWS_UP_TO_PARAMETERS", 23)
+    with float64.float64_mode():
+        assert float64.float64_shadow(model) is not float64.float64_shadow(model)
+    monkeypatch.setattr(float64, "KEEP_SHADOWS_UP_TO_PARAMETERS", 24)
+    with float64.float64_mode():
+        assert float64.float64_shadow(model) is float64.float64_shadow(model)
+
+
 @pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="compiled per model on JAX only"
 )

@@ -210,6 +210,10 @@ def fraction_beyond_float32(values) -> float:
 # (weak), number of weights, shadow)}`. The shadow does not refer to the
 # user's model, so the entry goes with it.
 _shadows: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Larger models get a new shadow at each check instead: kept, it would hold
+# 8 bytes a parameter (200 MB here) for the whole run, and against the check's
+# own arithmetic at that size rebuilding costs little.
+KEEP_SHADOWS_UP_TO_PARAMETERS = 25_000_000
 
 
 def float64_shadow(model):
@@ -218,7 +222,9 @@ def float64_shadow(model):
     Rebuilding a shadow costs a serialization round trip and, on JAX, the
     compilation of its functions; a model checked every few epochs keeps one.
     It is made anew when the model was compiled again (another loss) or its
-    weights changed in number. Must be called inside `float64_mode()`.
+    weights changed in number, and at every call for models of more than
+    `KEEP_SHADOWS_UP_TO_PARAMETERS` parameters (memory). Must be called inside
+    `float64_mode()`.
 
     Raises:
         Float64Unavailable: as `make_float64_shadow`.
@@ -228,6 +234,9 @@ def float64_shadow(model):
     ...     float64_shadow(model) is float64_shadow(model)  # doctest: +SKIP
     True
     """
+    if _parameter_count(model) > KEEP_SHADOWS_UP_TO_PARAMETERS:
+        _shadows.pop(model, None)
+        return make_float64_shadow(model)
     compile_loss = getattr(model, "_compile_loss", None)
     entry = _shadows.get(model)
     if entry is not None:
@@ -245,3 +254,7 @@ def float64_shadow(model):
     loss_ref = weakref.ref(compile_loss) if compile_loss is not None else None
     _shadows[model] = (loss_ref, len(model.weights), shadow)
     return shadow
+
+
+def _parameter_count(model) -> int:
+    return sum(int(np.prod(w.shape)) for w in model.weights)
