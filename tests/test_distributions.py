@@ -287,28 +287,12 @@ def test_recurrent_and_attention_layers():
     assert not distribution_findings(layers)
 
 
-def _probes_only_watch(log_dir, probe, **options):
-    """A `TrainWatch` with only its distribution probes (and images) on."""
-    import trainwatch
-
-    return trainwatch.TrainWatch(
-        log_dir,
-        probe=probe,
-        verbose=0,
-        budget=1.0,
-        sanity_check=False,
-        input_init=False,
-        loss_curve=False,
-        update_ratio=False,
-        gradient_check=False,
-        **options,
-    )
-
-
-def test_inside_trainwatch_probes_and_images_share_one_log(tmp_path):
+def test_inside_trainwatch_probes_and_images_share_one_log(tmp_path, watch_with_only):
     x, y = digits(100)
     model = mlp([16])
-    watch = _probes_only_watch(tmp_path, (x[:32], y[:32]), image_shape=(8, 8))
+    watch = watch_with_only(
+        tmp_path, (x[:32], y[:32]), ("distributions", "images"), image_shape=(8, 8)
+    )
     model.fit(x, y, batch_size=50, epochs=2, verbose=0, callbacks=[watch])
     run = read_events(str(tmp_path))["train"]
     steps = [e.step for e in run.histograms["activations/sequential/dense"]]
@@ -352,10 +336,10 @@ def test_layer_plan_is_remembered_and_renewed_when_the_path_changes():
     np.testing.assert_array_equal(first[0].output_gradient, again[0].output_gradient)
 
 
-def test_inside_trainwatch_a_long_epoch_is_probed_mid_epoch(tmp_path):
+def test_inside_trainwatch_a_long_epoch_is_probed_mid_epoch(tmp_path, watch_with_only):
     x, y = digits(100)
     model = mlp([16])
-    watch = _probes_only_watch(tmp_path, (x[:32], y[:32]), images=False)
+    watch = watch_with_only(tmp_path, (x[:32], y[:32]), ("distributions",))
     # Every epoch counts as long: a probe once per 0 s, within the budget.
     watch.part("Distributions").mid_epoch_seconds = 0.0
     model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[watch])

@@ -215,20 +215,15 @@ def test_parse_check_freq():
     assert parse_check_freq(7) == (7, "step")
 
 
-def test_inside_trainwatch_a_long_epoch_gets_its_first_check_mid_epoch(tmp_path):
-    import trainwatch
-
+def test_inside_trainwatch_a_long_epoch_gets_its_first_check_mid_epoch(
+    tmp_path, watch_with_only
+):
     model = mlp()
     model.run_eagerly = True
-    watch = trainwatch.TrainWatch(
+    watch = watch_with_only(
         tmp_path,
-        probe=data(),
-        verbose=0,
-        budget=1.0,
-        sanity_check=False,
-        input_init=False,
-        distributions=False,
-        images=False,
+        data(),
+        ("gradient_check", "loss_curve", "update_ratio"),
         gradient_check={"warmup_steps": 3, "wait_for_loss_drop": False, **FEW},
     )
     check = watch.part("GradientCheck")
