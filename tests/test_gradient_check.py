@@ -275,16 +275,25 @@ def test_a_model_checked_again_is_checked_at_its_new_weights():
     keras.backend.backend() != "jax", reason="compiled per model on JAX only"
 )
 def test_when_compiling_fails_the_check_runs_eagerly(monkeypatch):
-    from trainwatch.backends import model_functions
+    from trainwatch.backends import get_backend
 
-    def cannot_compile(*args, **kwargs):
+    calls = []
+
+    def cannot_run(*args, **kwargs):
+        calls.append(1)
         raise TypeError("not traceable")
 
-    monkeypatch.setattr(model_functions, "compiled_gradient_function", cannot_compile)
-    monkeypatch.setattr(model_functions, "compiled_loss_function", cannot_compile)
-    result = check_gradients(tanh_l2(), *batch())
-    assert result.passed and result.precision == "float64", str(result)
-    assert result.max_relative_error < 1e-7, str(result)
+    # Compiled functions that fail when called, as a trace of Python-side work
+    # on the values would.
+    backend = get_backend()
+    monkeypatch.setattr(backend, "jit_values_and_grads", lambda fns: cannot_run)
+    monkeypatch.setattr(backend, "jit_quick", lambda fn: cannot_run)
+    model = tanh_l2()
+    for _ in range(2):
+        result = check_gradients(model, *batch())
+        assert result.passed and result.precision == "float64", str(result)
+        assert result.max_relative_error < 1e-7, str(result)
+    assert len(calls) == 2  # each compiled function tried once, then eager
 
 
 def test_wrong_regularizer_gradient_is_reported_apart_from_data():

@@ -580,18 +580,15 @@ def _run(
     yb = mf.convert_batch(y, name)
     swb = mf.convert_batch(sample_weight, name)
     # The float64 shadow is kept per model: on JAX its functions are compiled
-    # once and serve every later check (the user's own model, checked in
-    # float32, is left as it is).
+    # once and serve every later check (eager where that fails); the user's
+    # own model, checked in float32, is left as it is.
     compiled = eval_model is not user_model and mf.compiles_per_model()
     reg_grads = None
     if compiled:
-        try:
-            data_grads, reg_grads = mf.compute_gradients_of_parts(
-                eval_model, xb, yb, swb, ("data", "regularization")
-            )
-        except Exception:  # not traceable (Python-side work): eager as before
-            compiled = False
-    if not compiled:
+        data_grads, reg_grads = mf.compute_gradients_of_parts(
+            eval_model, xb, yb, swb, ("data", "regularization")
+        )
+    else:
         data_grads = mf.compute_gradients(eval_model, xb, yb, swb, part="data")
     loss = data_grads.loss
     variables = user_model.trainable_variables

@@ -207,8 +207,8 @@ def fraction_beyond_float32(values) -> float:
 
 
 # One shadow per user model, kept between checks: `{model: (compiled loss
-# (weak), number of weights, shadow)}`. The shadow does not refer to the
-# user's model, so the entry goes with it.
+# (weak), shadow)}`. The shadow does not refer to the user's model, so the
+# entry goes with it.
 _shadows: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # Larger models get a new shadow at each check instead: kept, it would hold
 # 8 bytes a parameter (200 MB here) for the whole run, and against the check's
@@ -240,19 +240,18 @@ def float64_shadow(model):
     compile_loss = getattr(model, "_compile_loss", None)
     entry = _shadows.get(model)
     if entry is not None:
-        loss_ref, count, shadow = entry
-        same_loss = (loss_ref() if loss_ref is not None else None) is compile_loss
-        if same_loss and count == len(model.weights):
+        loss_ref, shadow = entry
+        if (loss_ref() if loss_ref is not None else None) is compile_loss:
             try:
                 model_copy.copy_weights(
                     model, shadow, Float64Unavailable, dtype="float64"
                 )
                 return shadow
             except Float64Unavailable:
-                pass  # the model changed shape: a new shadow
+                pass  # other weights in number or shape: a new shadow
     shadow = make_float64_shadow(model)
     loss_ref = weakref.ref(compile_loss) if compile_loss is not None else None
-    _shadows[model] = (loss_ref, len(model.weights), shadow)
+    _shadows[model] = (loss_ref, shadow)
     return shadow
 
 

@@ -296,16 +296,28 @@ class _CompiledFunctions(dict):
         return (_CompiledFunctions, ())
 
 
-def _compiled(model, key, make):
+def _compiled_functions(model) -> _CompiledFunctions:
     # On the model itself (not in a weak map, whose values would keep their
     # model alive), set past Keras's attribute tracking.
     functions = model.__dict__.get(_COMPILED_ATTRIBUTE)
     if functions is None:
         functions = _CompiledFunctions()
         object.__setattr__(model, _COMPILED_ATTRIBUTE, functions)
+    return functions
+
+
+def _compiled(model, key, make):
+    """The model's compiled function under `key`, made on first use; `None`
+    once compiling it failed (`_give_up_compiling`)."""
+    functions = _compiled_functions(model)
     if key not in functions:
         functions[key] = make()
     return functions[key]
+
+
+def _give_up_compiling(model, key):
+    """Remembers that `key` cannot be compiled for `model`: eager from now on."""
+    _compiled_functions(model)[key] = None
 
 
 def compiled_gradient_function(model, x, y, parts=("total",), training=False):
@@ -315,7 +327,9 @@ def compiled_gradient_function(model, x, y, parts=("total",), training=False):
     model, parts and mode and reused by every later call with the same shapes
     and dtypes: for a model checked again and again, such as the float64
     shadow a gradient check keeps. The non-trainable values are read from the
-    model at each call.
+    model at each call. Should it fail to compile or run compiled (Python-side
+    work on the values), it runs eagerly, for this model from then on; a real
+    error then raises from there.
 
     Args:
         model: A built, compiled Keras model.
@@ -326,17 +340,25 @@ def compiled_gradient_function(model, x, y, parts=("total",), training=False):
     """
     backend = get_backend()
     parts = tuple(parts)
-
-    def make():
-        fns = [batch_loss_function(model, x, y, part, training) for part in parts]
-        return backend.jit_values_and_grads(fns)
-
-    compiled = _compiled(model, ("gradient", parts, bool(training)), make)
+    fns = [batch_loss_function(model, x, y, part, training) for part in parts]
+    key = ("gradient", parts, bool(training))
 
     def gradient_fn(trainable_values, x, y, sample_weight=None):
+        values = list(trainable_values)
         non_trainable = _variable_values(model.non_trainable_variables)
-        results = compiled(list(trainable_values), non_trainable, x, y, sample_weight)
-        return [(value, aux, grads) for (value, aux), grads in results]
+        compiled = _compiled(model, key, lambda: backend.jit_values_and_grads(fns))
+        if compiled is not None:
+            try:
+                results = compiled(values, non_trainable, x, y, sample_weight)
+                return [(value, aux, grads) for (value, aux), grads in results]
+            except Exception:
+                _give_up_compiling(model, key)
+        return [
+            backend.value_and_grad(
+                lambda v, fn=fn: fn(v, non_trainable, x, y, sample_weight), values
+            )
+            for fn in fns
+        ]
 
     return gradient_fn
 
@@ -344,19 +366,25 @@ def compiled_gradient_function(model, x, y, parts=("total",), training=False):
 def compiled_loss_function(model, x, y, part="total", training=False):
     """`fn(trainable_values, x, y, sample_weight) -> (loss_part, aux)`, compiled.
 
-    Like `compiled_gradient_function`, without the gradient.
+    Like `compiled_gradient_function` (eager where compiling fails), without
+    the gradient.
     """
     backend = get_backend()
+    loss_of_batch = batch_loss_function(model, x, y, part, training)
+    key = ("loss", part, bool(training))
 
     def make():
-        loss_of_batch = batch_loss_function(model, x, y, part, training)
         return getattr(backend, "jit_quick", backend.jit)(loss_of_batch)
 
-    compiled = _compiled(model, ("loss", part, bool(training)), make)
-
     def loss_fn(trainable_values, x, y, sample_weight=None):
-        non_trainable = _variable_values(model.non_trainable_variables)
-        return compiled(list(trainable_values), non_trainable, x, y, sample_weight)
+        args = (list(trainable_values), _variable_values(model.non_trainable_variables))
+        compiled = _compiled(model, key, make)
+        if compiled is not None:
+            try:
+                return compiled(*args, x, y, sample_weight)
+            except Exception:
+                _give_up_compiling(model, key)
+        return loss_of_batch(*args, x, y, sample_weight)
 
     return loss_fn
 
@@ -448,13 +476,13 @@ def compute_gradients(
     >>> len(result.gradients) == len(model.trainable_variables)  # doctest: +SKIP
     True
     """
-    backend = get_backend()
-    values = trainable_values_with(model, overrides)
     if compiled:
         [result] = compute_gradients_of_parts(
             model, x, y, sample_weight, (part,), training, overrides
         )
         return result
+    backend = get_backend()
+    values = trainable_values_with(model, overrides)
     loss_fn = make_loss_function(model, x, y, sample_weight, part, training)
     _, aux, grads = backend.value_and_grad(loss_fn, values)
     return GradientResult(_loss_parts_from_aux(aux), grads, part)
@@ -465,7 +493,8 @@ def compute_gradients_of_parts(
 ) -> list:
     """`compute_gradients` of several parts in one compiled pass (JAX).
 
-    Only where `compiles_per_model()`; compiled once per model and parts.
+    Only where `compiles_per_model()`; compiled once per model and parts
+    (eager where compiling fails, see `compiled_gradient_function`).
 
     Returns:
         One `GradientResult` per part, in the order of `parts`.
@@ -795,7 +824,7 @@ def _compiled_trace_with_probes(
                 list(values) + probes, non_trainable, x, y, sample_weight
             )
     except Exception:
-        model.__dict__[_COMPILED_ATTRIBUTE][key] = None  # eager from now on
+        _give_up_compiling(model, key)
         return None
     finally:
         capture.probes = {}
