@@ -354,8 +354,7 @@ class SummaryWriter:
         # Flush and close at interpreter exit if the user never calls close().
         self._finalizer = weakref.finalize(self, file.close)
         version = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
-        self._guarded(self._records.write, version.SerializeToString())
-        self._unflushed = True
+        self._write_record(version.SerializeToString())
         self.flush()
 
     def _guarded(self, function, *args):
