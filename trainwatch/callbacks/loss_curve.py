@@ -183,8 +183,8 @@ class LossCurve(Monitor):
         # to a microsecond: queue the running mean. The queue is worked off
         # every `update_freq` batches (at most 32) on the main thread: here
         # when this is it, else at the next batch's begin; at once at a
-        # non-finite loss; and at the epoch's end (under a lock, no device
-        # work, no shared timers).
+        # non-finite loss when `stop_on_nan` asks to stop there; and at the
+        # epoch's end (under a lock, no device work, no shared timers).
         if self.disabled or not logs:
             return
         loss = logs.get("loss")
