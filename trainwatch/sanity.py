@@ -289,9 +289,7 @@ def _compiled_prediction_and_loss(model, xb, yb):
         return None, None
     try:
         loss_fn = mf.compiled_loss_function(model, xb, yb, "data")
-        data, (_, _, _, y_pred) = loss_fn(
-            [v.value for v in model.trainable_variables], xb, yb, None
-        )
+        data, (_, _, _, y_pred) = loss_fn(mf.trainable_values_with(model), xb, yb)
         return y_pred, float(_to_numpy(data))
     except Exception:  # e.g. labels that do not fit the loss: said below
         return None, None
