@@ -56,23 +56,11 @@ def jit(fn):
 _QUICK_COMPILE = {"xla_backend_optimization_level": 0}
 
 
-def jit_value_and_grad(fn):
-    """`fn(args, *rest) -> (scalar, aux)` as one compiled function of all its arguments.
-
-    Compiled for a short compile time rather than the fastest code.
-
-    Returns:
-        A function returning `((scalar, aux), grads)`, the gradients with
-        respect to `args` (the first argument) only. Call it inside the same
-        `x64_scope` as the arrays.
-    """
-    return jax.jit(
-        jax.value_and_grad(fn, has_aux=True), compiler_options=_QUICK_COMPILE
-    )
-
-
 def jit_values_and_grads(fns):
     """Several `fn(args, *rest) -> (scalar, aux)` as one compiled function.
+
+    Compiled for a short compile time rather than the fastest code. Call it
+    inside the same `x64_scope` as the arrays.
 
     Returns:
         A function of `(args, *rest)` returning `[((scalar, aux), grads), ...]`,
@@ -87,7 +75,7 @@ def jit_values_and_grads(fns):
 
 
 def jit_quick(fn):
-    """`jax.jit(fn)` compiled for a short compile time (see `jit_value_and_grad`)."""
+    """`jax.jit(fn)` compiled for a short compile time (see `jit_values_and_grads`)."""
     return jax.jit(fn, compiler_options=_QUICK_COMPILE)
 
 

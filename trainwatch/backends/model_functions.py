@@ -810,7 +810,7 @@ def _compiled_trace_with_probes(
             outputs = _captured_outputs(capture, order, shapes, gathers)
             return loss, (outputs, aux)
 
-        return [capture, backend.jit_value_and_grad(fn), probes, indices]
+        return [capture, backend.jit_values_and_grads([fn]), probes, indices]
 
     key = ("probe", plan_key, max_features, seed)
     entry = _compiled(model, key, make)
@@ -820,7 +820,7 @@ def _compiled_trace_with_probes(
     non_trainable = _variable_values(model.non_trainable_variables)
     try:
         with capture:  # layers patched only matter while tracing
-            (_, (outputs, aux)), grads = compiled(
+            [((_, (outputs, aux)), grads)] = compiled(
                 list(values) + probes, non_trainable, x, y, sample_weight
             )
     except Exception:
