@@ -67,6 +67,51 @@ def test_batch_loss_is_the_loss_of_the_batch_itself(tmp_path):
     assert curve.initial_loss == pytest.approx(expected[0], rel=1e-4)
 
 
+def _fed(log_dir, means, steps, drain_every, first_batch=0):
+    """A LossCurve fed Keras-like running means, its queue worked off every
+    `drain_every` batches, as in a fit with `steps` batches an epoch."""
+    curve = LossCurve(log_dir, update_freq=3, verbose=0)
+    curve.set_params({"steps": steps, "epochs": 1})
+    curve.on_train_begin()
+    curve.on_epoch_begin(0)
+    for batch, mean in enumerate(means, start=first_batch):
+        curve._queue.append((batch, mean))
+        if len(curve._queue) >= drain_every:
+            curve._drain()
+    curve._drain()
+    curve.context.flush()
+    return curve
+
+
+@pytest.mark.parametrize("bad_at", [None, 6])
+def test_runs_of_batches_are_taken_in_as_one_by_one(tmp_path, bad_at):
+    """Working off many batches at once gives what one at a time gives."""
+    losses = 2.0 / np.arange(1.0, 11.0) + np.sin(np.arange(10.0))
+    if bad_at is not None:
+        losses[bad_at] = np.nan
+    means = (np.cumsum(losses) / np.arange(1, 11)).tolist()
+    one_by_one = _fed(tmp_path / "one", means, steps=10, drain_every=1)
+    at_once = _fed(tmp_path / "runs", means, steps=10, drain_every=4)
+
+    np.testing.assert_array_equal(list(at_once._points), list(one_by_one._points))
+    steps = [p[0] for p in one_by_one._points]
+    assert steps == list(range(1, 10))  # the epoch's last batch is left out
+    expected = losses[:9].copy()
+    if bad_at is not None:
+        expected[bad_at:] = np.nan  # a running mean stays nan from there on
+    np.testing.assert_allclose([p[1] for p in one_by_one._points], expected)
+    assert at_once.initial_loss == one_by_one.initial_loss == losses[0]
+    a, b = (read_events(str(tmp_path / d))["train"] for d in ("one", "runs"))
+    for tag in ("batch_loss", "batch_loss_log10"):
+        np.testing.assert_array_equal(
+            [(e.step, e.value) for e in a.scalars[tag]],
+            [(e.step, e.value) for e in b.scalars[tag]],
+        )
+    assert steps_of(a.scalars["batch_loss"]) == [3, 6, 9]
+    nan = [f.step for f in at_once.context.findings if f.code == "loss_nan"]
+    assert nan == ([] if bad_at is None else [bad_at + 1])
+
+
 def test_steps_per_execution_logs_window_losses(tmp_path, backend_name):
     if backend_name == "torch":
         pytest.skip("steps_per_execution must be 1 with the PyTorch backend")

@@ -1,5 +1,7 @@
 """UpdateRatio on the active backend: exact ratios, sampling, tags, findings."""
 
+import time
+
 import keras
 import numpy as np
 import pytest
@@ -73,7 +75,7 @@ def test_ratios_equal_host_computed_ratios(tmp_path):
     x, y = digits(128)
     fit = dict(batch_size=32, epochs=2, shuffle=False, verbose=0)
     model = build()
-    ratios = UpdateRatio(tmp_path, update_freq=1, verbose=0)
+    ratios = UpdateRatio(tmp_path, update_freq=1, time_share=None, verbose=0)
     model.fit(x, y, callbacks=[ratios], **fit)
     reference = ReferenceRatios()
     build().fit(x, y, callbacks=[reference], **fit)
@@ -99,7 +101,7 @@ def test_tags_layout_and_sampling(tmp_path, backend_name, steps_per_execution):
         pytest.skip("steps_per_execution must be 1 with the PyTorch backend")
     x, y = digits(192)  # 6 batches an epoch
     model = build(steps_per_execution=steps_per_execution)
-    ratios = UpdateRatio(tmp_path, update_freq=4, verbose=0)
+    ratios = UpdateRatio(tmp_path, update_freq=4, time_share=None, verbose=0)
     fit = dict(batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[ratios])
     model.fit(x, y, **fit)
     model.fit(x, y, **fit)  # a second call continues the steps
@@ -123,6 +125,36 @@ def test_tags_layout_and_sampling(tmp_path, backend_name, steps_per_execution):
     assert {s["value"] for s in margin[1:]} == {
         f"update_ratio_layer/{layer}" for layer in layers
     }
+
+
+class SlowSamples(UpdateRatio):
+    """Each sample costs 20 ms more: far more than a step of this small model."""
+
+    def _current_values(self):
+        time.sleep(0.02)
+        return super()._current_values()
+
+
+@pytest.mark.parametrize("time_share", [None, 0.01])
+def test_samples_keep_within_their_time_share(time_share):
+    x, y = digits(640)  # 20 steps an epoch
+    ratios = SlowSamples(update_freq=4, time_share=time_share, verbose=0)
+    build().fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[ratios])
+    if time_share is None:
+        assert ratios.samples_taken == 12  # steps 1, 2, 4, 8, 12, …, 40
+        return
+    context = ratios.context
+    spent = sum(
+        seconds
+        for part, seconds in context.seconds_by_part.items()
+        if part.startswith("SlowSamples.") and "train_begin" not in part
+    )
+    # The first updates' samples always; the rest only within 1% of the
+    # training time: with 20 ms a sample, one sample per 2 s of training.
+    assert 3 <= ratios.samples_taken <= 3 + context.training_seconds() / 2.0
+    assert ratios.samples_taken < 12
+    assert not ratios._pending  # every sample taken was recorded
+    assert spent <= 0.01 * context.training_seconds() + 3 * 0.03 + 0.1
 
 
 @pytest.mark.parametrize("freq", [1, 2, 3, 7, 16, 50])

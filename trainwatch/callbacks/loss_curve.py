@@ -29,7 +29,7 @@ import threading
 from collections import deque
 
 from trainwatch.callbacks.base import Monitor
-from trainwatch.numerics.curves import log10_or_none, window_mean_loss
+from trainwatch.numerics.curves import batch_losses, log10_or_none, window_mean_loss
 from trainwatch.rules import dynamics
 
 __all__ = ["LossCurve"]
@@ -94,7 +94,7 @@ class LossCurve(Monitor):
         update_freq: Write the batch-level loss every this many steps, or
             `"epoch"` to write only per-epoch values (non-finite losses are
             still caught at every batch). Each write costs ~0.1 ms.
-            Defaults to `20`.
+            Defaults to `50`.
         stop_on_nan: Stop training (`model.stop_training = True`) at the first
             non-finite loss. Defaults to `False`: training continues.
         verbose: 0 silent, 1 print each new warning or error finding.
@@ -107,7 +107,7 @@ class LossCurve(Monitor):
     Example:
 
     ```python
-    curve = trainwatch.LossCurve("runs/exp1", update_freq=20)
+    curve = trainwatch.LossCurve("runs/exp1", update_freq=50)
     model.fit(x, y, validation_data=(x_val, y_val), epochs=20, callbacks=[curve])
     [f.code for f in curve.context.findings]   # e.g. ['overfitting']
     ```
@@ -115,7 +115,7 @@ class LossCurve(Monitor):
 
     async_safe = True
 
-    def __init__(self, log_dir=None, update_freq=20, stop_on_nan=False, verbose=1):
+    def __init__(self, log_dir=None, update_freq=50, stop_on_nan=False, verbose=1):
         super().__init__(log_dir=log_dir, verbose=verbose)
         if update_freq != "epoch":
             try:
@@ -213,8 +213,10 @@ class LossCurve(Monitor):
                 items = []
                 while self._queue:
                     items.append(self._queue.popleft())
-                for batch, loss in sorted(items, key=lambda item: item[0]):
-                    self._batch_end(int(batch), _number(loss))
+                items.sort(key=lambda item: item[0])
+                if not self._take_in_run(items):
+                    for batch, loss in items:
+                        self._batch_end(int(batch), _number(loss))
         except Exception as error:  # never crash training
             self.guard("batch_end", _reraise, error)
 
@@ -316,6 +318,56 @@ class LossCurve(Monitor):
         if self._writer is not None:
             for at, values in to_write.items():  # one event per step
                 self._writer.scalars(values, step=at)
+
+    def _take_in_run(self, items):
+        """`_batch_end` for a run of consecutive batches at once (the usual case).
+
+        Takes in `items` (sorted `(batch, running mean)`) and returns `True`
+        when they are consecutive batches following a known mean, one step an
+        execution, with finite losses and no later mean waiting; else takes
+        in nothing and returns `False` (the general path then does).
+        """
+        if len(items) < 2 or self._steps_per_execution != 1:
+            return False
+        first, last = int(items[0][0]), int(items[-1][0])
+        steps = self._steps
+        if (
+            last - first != len(items) - 1
+            or (first and first not in self._means)
+            or last + 2 in self._means
+            or (steps is not None and last >= steps)
+        ):
+            return False
+        means = [_number(loss) for _, loss in items]
+        if None in means or not all(math.isfinite(m) for m in means):
+            return False
+        losses = batch_losses(first, self._means.get(first, 0.0), means)
+        start = self._epoch_start_step
+        counts = range(first + 1, last + 2)
+        self._means.update(zip(counts, means))
+        if len(self._means) > 256:
+            for old in [k for k in self._means if k < last - 64]:
+                del self._means[old]
+        if self._owns_context and start + last + 1 > self.context.step:
+            self.context.step = start + last + 1
+        # The epoch's last batch may be smaller: no exact recovery.
+        recovered = len(items) if steps is None else min(len(items), steps - 1 - first)
+        losses = losses[:recovered].tolist()
+        if self.initial_loss is None and first == 0 and losses:
+            self.initial_loss = losses[0]
+        self._points.extend((start + first + 1 + i, v, 1) for i, v in enumerate(losses))
+        freq = self.update_freq
+        if freq == "epoch" or self._writer is None:
+            return True
+        offset = start + first + 1
+        for i in range(-offset % freq, recovered, freq):  # steps that are multiples
+            value = losses[i]
+            values = {"batch_loss": value}
+            log10 = log10_or_none(value)
+            if log10 is not None:
+                values["batch_loss_log10"] = log10
+            self._writer.scalars(values, step=offset + i)
+        return True
 
     def _on_window_loss(self, count_before, mean_before, count_after, mean_after):
         """Records the recovered loss; returns the scalars to write, if any."""

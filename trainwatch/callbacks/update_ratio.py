@@ -15,7 +15,10 @@ sync, and the sampled step's starting weights are copied on the device because
 JAX donates them to the next step.
 
 Sampling: the steps 1, 2, 4, 8, … below `update_freq`, then every
-`update_freq`-th step. With `steps_per_execution = s > 1` the weights are
+`update_freq`-th step, each of these taken while this callback's own time
+stays within `time_share` of the training time (else it waits for the next
+sample step: on a model whose steps take half a millisecond, a sample costs
+about as much as a step). With `steps_per_execution = s > 1` the weights are
 visible only every `s` steps: the ratio of the `s`-step update, divided by
 `s`, is logged (the per-step average for updates that point the same way, a
 lower bound otherwise).
@@ -48,6 +51,8 @@ __all__ = ["UpdateRatio"]
 
 _HISTORY = 20
 _RULES_PART = "UpdateRatio.rules"
+# The guarded hooks that sample (what `time_share` weighs; the rules run inside)
+_SAMPLING_HOOKS = ("first_updates", "update_ratio", "epoch_end")
 _compiled: dict[tuple[str, str], object] = {}
 
 
@@ -152,6 +157,11 @@ class UpdateRatio(Monitor):
             Defaults to `3e-5`.
         warn_above: Sustained ratio above which `update_ratio_high` is raised.
             Defaults to `1e-1`.
+        time_share: Share of the training time the measurements may take: a
+            sample step from `update_freq` on is skipped while this
+            callback's time so far (its samples, the ratios' logging and
+            rules) is above it; the samples of the first updates are always
+            taken. `None` takes every sample step. Defaults to `0.01`.
         verbose: 0 silent, 1 print each new warning or error finding.
             Defaults to `1`.
 
@@ -175,6 +185,7 @@ class UpdateRatio(Monitor):
         band=(1e-4, 1e-2),
         warn_below=3e-5,
         warn_above=1e-1,
+        time_share=0.01,
         verbose=1,
     ):
         super().__init__(log_dir=log_dir, verbose=verbose)
@@ -203,7 +214,11 @@ class UpdateRatio(Monitor):
                 "Expected `warn_below` < `warn_above`. "
                 f"Received: warn_below={warn_below!r}, warn_above={warn_above!r}"
             )
+        if time_share is not None:
+            time_share = _positive("time_share", time_share)
         self.update_freq = int(update_freq)
+        self.time_share = time_share
+        self.samples_taken = 0
         self.band = (float(low), float(high))
         self.warn_below = below
         self.warn_above = above
@@ -283,11 +298,27 @@ class UpdateRatio(Monitor):
         if self._snapshot is not None:
             values = self._current_values()
             self._complete(values)
-        if self._samples_in(batch, steps_done):
+        if self._samples_in(batch, steps_done) and self._within_share(steps_done):
             values = values if values is not None else self._current_values()
             span = self._span(batch)
             before = _device_function(_flatten)(values)
             self._snapshot = (steps_done + span, span, self.context.epoch, before)
+            self.samples_taken += 1
+
+    def _within_share(self, steps_done):
+        """Whether a sample now keeps this callback within `time_share`.
+
+        The samples of the first updates (at most `log2(update_freq) + 1`)
+        are always taken: the rules judge a learning rate far off by them.
+        """
+        if self.time_share is None or steps_done < self.update_freq:
+            return True
+        seconds_by_part = self.context.seconds_by_part
+        name = type(self).__name__
+        spent = sum(
+            seconds_by_part.get(f"{name}.{hook}", 0.0) for hook in _SAMPLING_HOOKS
+        )
+        return spent <= self.time_share * self.context.training_seconds()
 
     def _current_values(self):
         """The trainable weights now, without syncing JAX's state to the model."""

@@ -19,6 +19,7 @@ import numpy as np
 
 __all__ = [
     "Trend",
+    "batch_losses",
     "linear_trend",
     "log10_or_none",
     "window_mean_loss",
@@ -62,6 +63,39 @@ def window_mean_loss(count_before, mean_before, count_after, mean_after):
     total_after = float(count_after) * float(mean_after)
     total_before = float(count_before) * float(mean_before) if count_before else 0.0
     return (total_after - total_before) / float(count_after - count_before)
+
+
+def batch_losses(count_before, mean_before, means):
+    """The loss of each batch of a run of consecutive running means.
+
+    `window_mean_loss` for each pair of neighbours, at once: the same float64
+    arithmetic, so the same numbers.
+
+    Args:
+        count_before: Batches seen in the epoch before the first mean.
+        mean_before: Running mean after `count_before` batches (ignored when
+            `count_before` is 0).
+        means: Running means after `count_before + 1`, `count_before + 2`, …
+            batches.
+
+    Returns:
+        A float64 array: the loss of batches `count_before + 1`, … themselves.
+
+    Example:
+
+    >>> losses = [2.0, 1.0, 0.5]
+    >>> means = [sum(losses[:k]) / k for k in (1, 2, 3)]
+    >>> batch_losses(1, means[0], means[1:]).tolist()
+    [1.0, 0.5]
+    """
+    means = np.asarray(means, dtype=np.float64)
+    counts = np.arange(
+        count_before + 1, count_before + 1 + len(means), dtype=np.float64
+    )
+    totals = counts * means
+    first = float(count_before) * float(mean_before) if count_before else 0.0
+    previous = np.concatenate(([first], totals[:-1]))
+    return totals - previous
 
 
 def log10_or_none(value):
