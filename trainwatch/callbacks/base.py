@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import math
 import os
 import sys
 import time
@@ -129,9 +130,12 @@ class RunContext:
         """The TensorBoard writer of a run (`"train"`, `"validation"`), or `None`.
 
         Writers are created on first use, so no empty event files appear.
-        Each event is handed to the OS as it is written (a few microseconds),
-        so a `fit` stopped by an exception or Ctrl-C leaves everything logged
-        so far readable: Keras calls no `on_train_end` then.
+        What a hook wrote is handed to the OS when the hook ends (`guard`
+        flushes, and so does the loss curve after working off its queue), so
+        a `fit` stopped by an exception or Ctrl-C leaves everything logged so
+        far readable: Keras calls no `on_train_end` then. Once per hook, not
+        once per event: during a JAX `fit` each flush (a system call) hands
+        the GIL to Keras's callback threads.
         """
         if self.log_dir is None:
             return None
@@ -139,7 +143,7 @@ class RunContext:
             from trainwatch.tensorboard import SummaryWriter
 
             path = os.path.join(self.log_dir, run)
-            self._writers[run] = SummaryWriter(path, flush_secs=0.0)
+            self._writers[run] = SummaryWriter(path, flush_secs=math.inf)
         return self._writers[run]
 
     def report(self, finding: Finding) -> bool:
@@ -165,9 +169,10 @@ class RunContext:
     def publish_findings(self):
         """Writes the findings table and file as they stand, even when empty.
 
-        Called at train begin and end, so that a clean run says so in the Text
-        tab and leaves a findings file for `trainwatch report`. Skipped when
-        nothing changed since the findings were last written.
+        Called at train end (and at train begin when there are findings), so
+        that a clean run says so in the Text tab and leaves a findings file
+        for `trainwatch report`. Skipped when nothing changed since the
+        findings were last written.
         """
         if self._published_count == len(self.findings):
             return
@@ -247,12 +252,13 @@ class RunContext:
         share = max(self.budget - RESERVED_TIME_SHARE, self.budget / 2)
         return spent <= share * (self.training_seconds() + last)
 
-    def due(self, part: str, share: float) -> bool:
+    def due(self, part: str, share: float, first_cost: float = 0.0) -> bool:
         """Whether a recurring, skippable `part` should run now.
 
         Keeps the part's own cost within `share` of the training time: it runs
         when its last cost is at most `share` of the training time that has
-        passed since it last finished. A part that has never run is due. Unlike
+        passed since it last finished. A part that has never run is due once
+        `first_cost` (its cost assumed before it ran) would be. Unlike
         `can_afford`, which weighs trainwatch's total against the budget, this
         cannot be starved by the other parts: on long epochs a cheap part runs
         every time, on epochs of a few milliseconds it runs every few epochs.
@@ -260,15 +266,17 @@ class RunContext:
         Args:
             part: The name the part is timed under (see `timed`).
             share: Fraction of training time the part may take, e.g. `0.005`.
+            first_cost: Seconds assumed as its cost before it first ran.
+                Defaults to 0 (due at once).
 
         Example:
 
         >>> context = RunContext(None, verbose=0)
-        >>> context.due("rules", 0.01)
-        True
+        >>> context.due("rules", 0.01), context.due("rules", 0.01, first_cost=1.0)
+        (True, False)
         """
-        last = self._last_cost.get(part)
-        return last is None or last <= share * self.seconds_since(part)
+        last = self._last_cost.get(part, first_cost)
+        return last <= share * self.seconds_since(part)
 
     def seconds_since(self, part: str) -> float:
         """Training seconds since `part` last finished (since training began if never).
@@ -355,7 +363,8 @@ class Monitor(keras.callbacks.Callback):
         return self.context.report(finding)
 
     def guard(self, part, fn, *args, **kwargs):
-        """Runs `fn`, timing it; an exception becomes a finding, not a crash.
+        """Runs `fn`, timing it, and flushes what it wrote; an exception
+        becomes a finding, not a crash.
 
         After repeated failures the monitor disables itself.
         """
@@ -363,7 +372,9 @@ class Monitor(keras.callbacks.Callback):
             return None
         try:
             with self.context.timed(f"{type(self).__name__}.{part}"):
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+                self.context.flush()  # what the hook wrote: readable now
+                return result
         except Exception as error:  # diagnostics must never stop training
             self._failures += 1
             summary = "".join(traceback.format_exception_only(type(error), error))
@@ -398,7 +409,10 @@ class Monitor(keras.callbacks.Callback):
                 with contextlib.suppress(Exception):
                     self.context.step = max(self.context.step, int(iterations.numpy()))
         self.guard("train_begin", self.begin)
-        if self._owns_context:
+        if self._owns_context and len(self.context.findings):
+            # Found before training (or in an earlier fit): readable at once.
+            # A clean table waits for the train end (two fewer files to write
+            # in the moment `fit` starts).
             self.guard("findings", self.context.publish_findings)
 
     def on_epoch_begin(self, epoch, logs=None):

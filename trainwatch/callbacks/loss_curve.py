@@ -38,10 +38,12 @@ _HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "f1", "iou", "r2", "sc
 _MAX_POINTS_PER_EPOCH = 2000
 _RECENT_FOR_DIVERGENCE = 50
 # The curve rules run at an epoch's end while they cost at most this share of
-# the training time since they last ran (every epoch, unless epochs last a few
-# milliseconds), and always after the last epoch.
+# the training time since they last ran (every epoch, unless epochs last less
+# than ~0.1 s; before they first ran, their cost is taken as 1 ms), and always
+# after the last epoch.
 _RULES_PART = "LossCurve.rules"
 _RULES_SHARE = 0.005
+_RULES_FIRST_COST = 0.001  # seconds, before they first ran (~0.2-0.6 ms)
 
 
 def higher_is_better(name: str) -> bool:
@@ -81,7 +83,7 @@ class LossCurve(Monitor):
     for equal batch sizes; the epoch's last batch, which may be smaller, is
     left out). It checks every batch for a non-finite loss, and at epoch
     ends judges the curve (diverging, plateau, noisy) and the gap
-    (overfitting): every epoch, unless epochs are so short (milliseconds)
+    (overfitting): every epoch, unless epochs are so short (less than ~0.1 s)
     that the rules would take more than 0.5% of the training time, then every
     few epochs; always after the last. At train end, underfitting.
 
@@ -217,6 +219,7 @@ class LossCurve(Monitor):
                 if not self._take_in_run(items):
                     for batch, loss in items:
                         self._batch_end(int(batch), _number(loss))
+            self.context.flush()  # readable at once (a no-op if nothing written)
         except Exception as error:  # never crash training
             self.guard("batch_end", _reraise, error)
 
@@ -259,7 +262,9 @@ class LossCurve(Monitor):
                 self._on_non_finite(loss, self.context.step)
         planned = (self.params or {}).get("epochs")
         last_planned = bool(planned) and int(epoch) + 1 >= int(planned)
-        if last_planned or self.context.due(_RULES_PART, _RULES_SHARE):
+        if last_planned or self.context.due(
+            _RULES_PART, _RULES_SHARE, first_cost=_RULES_FIRST_COST
+        ):
             self._judge_curve()
 
     def end(self, logs):
@@ -352,7 +357,7 @@ class LossCurve(Monitor):
             self.context.step = start + last + 1
         # The epoch's last batch may be smaller: no exact recovery.
         recovered = len(items) if steps is None else min(len(items), steps - 1 - first)
-        losses = losses[:recovered].tolist()
+        losses = losses[:recovered]
         if self.initial_loss is None and first == 0 and losses:
             self.initial_loss = losses[0]
         self._points.extend((start + first + 1 + i, v, 1) for i, v in enumerate(losses))

@@ -257,14 +257,16 @@ class UpdateRatio(Monitor):
         self._next_due = _next_sample_step(self._epoch_start_step, self.update_freq)
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.disabled or not self._variables:
-            return
         steps_done = self._epoch_start_step + batch
-        if self._owns_context and steps_done > self.context.step:
-            self.context.step = steps_done
-        # Most batches: two comparisons and out.
+        # Most batches: two comparisons and out (the step is kept where it is
+        # used: findings come from the samples, and epoch ends set it).
         if self._snapshot is None and steps_done + self._spe < self._next_due:
             return
+        if self.disabled or not self._variables:
+            self._next_due = math.inf
+            return
+        if self._owns_context and steps_done > self.context.step:
+            self.context.step = steps_done
         if self._snapshot is not None or self._samples_in(batch, steps_done):
             # The samples of the first updates (steps 1, 2, 4, … below
             # `update_freq`) come once per run: timed apart from the rest.

@@ -79,23 +79,25 @@ def batch_losses(count_before, mean_before, means):
             batches.
 
     Returns:
-        A float64 array: the loss of batches `count_before + 1`, … themselves.
+        A list of floats: the loss of batches `count_before + 1`, …
+        themselves.
 
     Example:
 
     >>> losses = [2.0, 1.0, 0.5]
     >>> means = [sum(losses[:k]) / k for k in (1, 2, 3)]
-    >>> batch_losses(1, means[0], means[1:]).tolist()
+    >>> batch_losses(1, means[0], means[1:])
     [1.0, 0.5]
     """
-    means = np.asarray(means, dtype=np.float64)
-    counts = np.arange(
-        count_before + 1, count_before + 1 + len(means), dtype=np.float64
-    )
-    totals = counts * means
-    first = float(count_before) * float(mean_before) if count_before else 0.0
-    previous = np.concatenate(([first], totals[:-1]))
-    return totals - previous
+    # Plain Python floats (float64): during a JAX `fit` each numpy call on
+    # the main thread hands the GIL to waiting threads, ~10 µs apiece.
+    previous = float(count_before) * float(mean_before) if count_before else 0.0
+    losses = []
+    for count, mean in enumerate(means, start=count_before + 1):
+        total = float(count) * float(mean)
+        losses.append(total - previous)
+        previous = total
+    return losses
 
 
 def log10_or_none(value):
