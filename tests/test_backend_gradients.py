@@ -203,3 +203,27 @@ def test_compiled_gradients_equal_eager_ones_and_follow_the_weights(batch):
             model.fit(x.astype("float32"), y, epochs=1, verbose=0)
             shadow = float64.float64_shadow(model)
     assert model_functions.compiles_per_model()
+
+
+def test_tensorflow_jit_traces_python_branches_on_tensors(backend_name):
+    """Traced without AutoGraph first; code that branches on a tensor's value
+    (which that trace cannot run) is traced again with AutoGraph."""
+    if backend_name != "tensorflow":
+        pytest.skip("TensorFlow's tf.function only")
+    from trainwatch.backends import tensorflow_backend
+
+    def plain(values):
+        return keras.ops.sum(values[0]) * 2.0
+
+    def branching(values):
+        total = keras.ops.sum(values[0])
+        if total > 0:  # a Python `if` on a tensor: needs AutoGraph in a graph
+            return total * 2.0
+        return -total
+
+    for fn in (plain, branching):
+        compiled = tensorflow_backend.jit(fn)
+        for sign in (1.0, -1.0):
+            values = [keras.ops.convert_to_tensor(sign * np.ones(3))]
+            expected = float(fn(values))
+            assert float(compiled(values)) == expected
