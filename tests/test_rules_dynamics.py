@@ -111,6 +111,20 @@ def test_loss_diverging_above_initial_loss():
     assert "learning rate" in finding.advice
 
 
+def test_loss_diverging_weighs_the_noise_of_single_batches():
+    rng = np.random.default_rng(0)
+    # A noisy loss (MSE on small batches) that never rose: the first batch,
+    # the reference, happened to be low.
+    noisy = 1.6 * np.exp(rng.normal(0.0, 0.3, 50))
+    assert dynamics.loss_diverging([1.73, 1.40, 1.31], 0.83, noisy) is None
+    # A loss that blew up stays a finding, noisy or not.
+    exploded = 1e4 * np.exp(rng.normal(0.0, 1.5, 50))
+    finding = dynamics.loss_diverging([5e3], 2.5, exploded)
+    assert finding is not None and finding.code == "loss_diverging"
+    steady_rise = 5.0 * np.exp(rng.normal(0.0, 0.02, 50))
+    assert dynamics.loss_diverging([4.0, 5.0], 2.3, steady_rise) is not None
+
+
 def test_loss_diverging_when_epoch_loss_keeps_rising():
     finding = dynamics.loss_diverging([2.0, 0.5, 0.6, 0.9], 2.3)
     assert finding is not None and "rose 2 epochs" in finding.message

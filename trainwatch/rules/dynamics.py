@@ -129,7 +129,12 @@ def loss_diverging(
     Two signs, checked in order:
 
     * the current level (median of `recent_losses`, else the last epoch loss)
-      is more than `factor` times the initial loss;
+      is more than `factor` times the initial loss, and further above it than
+      the batch-to-batch noise explains: the initial loss is one batch's, as
+      noisy as the recent ones, so the margin grows by three of their robust
+      spreads (scaled MAD), on a log scale (a loss of 1.6 after a lucky first
+      batch of 0.83 is noise when batches range over 1-2.5; 1e4 after 2.5 is
+      not);
     * the epoch loss rose `rise_epochs` epochs in a row and ends more than
       `rise_factor` times its minimum.
 
@@ -157,14 +162,19 @@ def loss_diverging(
     """
     recent = _finite(recent_losses)
     epochs = _finite(epoch_losses)
+    noise = 0.0  # robust spread of log(batch loss)
     if recent.size >= 5:
         level, what = float(np.median(recent)), "The recent per-batch loss (median)"
+        positive = recent[recent > 0]
+        if positive.size >= 5:
+            logs = np.log(positive)
+            noise = 1.4826 * float(np.median(np.abs(logs - np.median(logs))))
     elif epochs.size:
         level, what = float(epochs[-1]), "The last epoch's loss"
     else:
         return None
     if initial_loss is not None and math.isfinite(initial_loss) and initial_loss > 0:
-        if level > factor * initial_loss:
+        if level > factor * initial_loss * math.exp(3.0 * noise):
             return Finding(
                 "loss_diverging",
                 "warning",
