@@ -292,10 +292,8 @@ class LossCurve(Monitor):
         after = batch + 1 if self._steps is None else min(batch + 1, self._steps)
         before = max(batch + 1 - spe, 0)
         start = self._epoch_start_step
-        step = start + after
-        if self._owns_context and step > self.context.step:
-            self.context.step = step  # monotone even when hooks run out of order
-        self._means[after] = loss
+        self._keep_step(start + after)
+        self._remember_means({after: loss}, after)
         pairs = []
         if before == 0:
             pairs.append((0, 0.0, after, loss))
@@ -306,9 +304,6 @@ class LossCurve(Monitor):
         )
         if following in self._means and following > after:
             pairs.append((after, loss, following, self._means[following]))
-        if len(self._means) > 256:
-            for old in [k for k in self._means if k < after - 64 * spe]:
-                del self._means[old]
         to_write = {}
         for count_before, mean_before, count_after, mean_after in pairs:
             # A running mean stays non-finite for the rest of the epoch once a
@@ -348,13 +343,8 @@ class LossCurve(Monitor):
             return False
         losses = batch_losses(first, self._means.get(first, 0.0), means)
         start = self._epoch_start_step
-        counts = range(first + 1, last + 2)
-        self._means.update(zip(counts, means))
-        if len(self._means) > 256:
-            for old in [k for k in self._means if k < last - 64]:
-                del self._means[old]
-        if self._owns_context and start + last + 1 > self.context.step:
-            self.context.step = start + last + 1
+        self._remember_means(dict(zip(range(first + 1, last + 2), means)), last + 1)
+        self._keep_step(start + last + 1)
         # The epoch's last batch may be smaller: no exact recovery.
         recovered = len(items) if steps is None else min(len(items), steps - 1 - first)
         losses = losses[:recovered]
@@ -366,13 +356,31 @@ class LossCurve(Monitor):
             return True
         offset = start + first + 1
         for i in range(-offset % freq, recovered, freq):  # steps that are multiples
-            value = losses[i]
-            values = {"batch_loss": value}
-            log10 = log10_or_none(value)
-            if log10 is not None:
-                values["batch_loss_log10"] = log10
-            self._writer.scalars(values, step=offset + i)
+            self._writer.scalars(self._loss_scalars(losses[i]), step=offset + i)
         return True
+
+    def _keep_step(self, step):
+        """Moves the owned context's step to `step` (monotone even when hooks
+        run out of order)."""
+        if self._owns_context and step > self.context.step:
+            self.context.step = step
+
+    def _remember_means(self, means_by_count, newest):
+        """Keeps running means by batch count; drops those far behind `newest`."""
+        self._means.update(means_by_count)
+        if len(self._means) > 256:
+            oldest = newest - 64 * self._steps_per_execution
+            for old in [k for k in self._means if k < oldest]:
+                del self._means[old]
+
+    def _loss_scalars(self, value):
+        """The scalars of one recovered loss: itself and its log10."""
+        tag = "batch_loss" if self._steps_per_execution == 1 else "window_loss"
+        values = {tag: value}
+        log10 = log10_or_none(value)
+        if log10 is not None:
+            values[f"{tag}_log10"] = log10
+        return values
 
     def _on_window_loss(self, count_before, mean_before, count_after, mean_after):
         """Records the recovered loss; returns the scalars to write, if any."""
@@ -391,12 +399,7 @@ class LossCurve(Monitor):
             or (start + count_after) // freq <= (start + count_before) // freq
         ):
             return None
-        tag = "batch_loss" if self._steps_per_execution == 1 else "window_loss"
-        values = {tag: value}
-        log10 = log10_or_none(value)
-        if log10 is not None:
-            values[f"{tag}_log10"] = log10
-        return values
+        return self._loss_scalars(value)
 
     def _on_non_finite(self, loss, step):
         if self._nan_seen:
