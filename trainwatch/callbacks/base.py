@@ -331,7 +331,10 @@ class Monitor(keras.callbacks.Callback):
         super().__init__()
         self._log_dir = log_dir
         self._verbose = verbose
-        self._context = None
+        # With a log dir, the context (which checks that the directory can be
+        # written) is made now: a bad `log_dir` fails at construction, and
+        # `fit` does not pay for the check. `TrainWatch` replaces it (`bind`).
+        self._context = None if log_dir is None else RunContext(log_dir, verbose)
         self._owns_context = True
         self._failures = 0
         self.disabled = False

@@ -44,6 +44,7 @@ _RECENT_FOR_DIVERGENCE = 50
 _RULES_PART = "LossCurve.rules"
 _RULES_SHARE = 0.005
 _RULES_FIRST_COST = 0.001  # seconds, before they first ran (~0.2-0.6 ms)
+_MAX_QUEUED = 256  # batch losses queued at most before they are worked off
 
 
 def higher_is_better(name: str) -> bool:
@@ -150,7 +151,13 @@ class LossCurve(Monitor):
         self._means = {}
         self._points = deque(maxlen=_MAX_POINTS_PER_EPOCH)
         self._queue = deque()
-        self._drain_every = 32 if update_freq == "epoch" else min(update_freq, 32)
+        # The queue is worked off once a batch loss is due to be written (every
+        # `update_freq` batches) or, with per-epoch logging, every
+        # `_MAX_QUEUED` batches; each working-off has a fixed cost (a lock, a
+        # sort, a flush) that an epoch of short steps feels.
+        self._drain_every = (
+            _MAX_QUEUED if update_freq == "epoch" else min(update_freq, _MAX_QUEUED)
+        )
         self._writer = None
 
     # -- Keras hooks ---------------------------------------------------------
@@ -163,7 +170,8 @@ class LossCurve(Monitor):
         self._writer = self.context.writer("train")
 
     def epoch_begin(self, epoch):
-        self._drain()
+        if self._queue:  # usually worked off at the last epoch's end already
+            self._drain()
         self._global_epoch = max(int(epoch), self._global_epoch + 1)
         self._epoch_start_step = self.context.step
         with self._lock:
@@ -183,7 +191,7 @@ class LossCurve(Monitor):
         # Runs in Keras's worker threads on JAX/PyTorch (possibly out of
         # order), unless a callback without `async_safe` turns that off. Kept
         # to a microsecond: queue the running mean. The queue is worked off
-        # every `update_freq` batches (at most 32) on the main thread: here
+        # every `update_freq` batches (at most 256) on the main thread: here
         # when this is it, else at the next batch's begin; at once at a
         # non-finite loss when `stop_on_nan` asks to stop there; and at the
         # epoch's end (under a lock, no device work, no shared timers).

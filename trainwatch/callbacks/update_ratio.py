@@ -267,7 +267,9 @@ class UpdateRatio(Monitor):
             return
         if self._owns_context and steps_done > self.context.step:
             self.context.step = steps_done
-        if self._snapshot is not None or self._samples_in(batch, steps_done):
+        if self._snapshot is not None or (
+            self._samples_in(batch, steps_done) and self._within_share(steps_done)
+        ):
             # The samples of the first updates (steps 1, 2, 4, … below
             # `update_freq`) come once per run: timed apart from the rest.
             part = "first_updates" if steps_done < self.update_freq else "update_ratio"
@@ -354,7 +356,7 @@ class UpdateRatio(Monitor):
             if not final and not _is_ready(vector):
                 self._pending = pending[index:]  # in order: the rest waits too
                 break
-            sums = np.asarray(ops.convert_to_numpy(vector), dtype=np.float64)
+            sums = np.asarray(ops.convert_to_numpy(vector), np.float64).tolist()
             self._record(step, epoch, spanned, sums[0::2], sums[1::2])
             # Judged at every sample: "sustained" is about the latest samples,
             # and a window skipped (lr far too high, then a dead network)
@@ -364,11 +366,10 @@ class UpdateRatio(Monitor):
 
     def _record(self, step, epoch, spanned, sq_update, sq_param):
         self._check_finite(step, epoch, sq_update, sq_param)
-        per_variable = ur.ratios(sq_update, sq_param, spanned)
+        per_variable = [ur.ratio(u, p, spanned) for u, p in zip(sq_update, sq_param)]
         per_layer = ur.layer_ratios(self._paths, sq_update, sq_param, spanned)
         values = {}
         for path, ratio in zip(self._paths, per_variable):
-            ratio = float(ratio)
             self.latest[path] = ratio
             series = self.history.setdefault(path, [])
             series.append(ratio)

@@ -23,11 +23,40 @@ __all__ = [
     "layer_of",
     "layer_ratios",
     "learning_rate_factor",
+    "ratio",
     "ratios",
     "sustained_level",
 ]
 
 HEALTHY_RATIO = 1e-3
+
+
+def ratio(sq_update, sq_param, steps=1) -> float:
+    """One variable's `‖ΔW‖ / ‖W‖` from its sums of squares, in plain Python.
+
+    The callback's path: a handful of numbers a sample, where numpy's
+    per-call cost would outweigh the arithmetic (during a JAX `fit` each
+    numpy call on the main thread also hands the GIL to Keras's threads).
+
+    Args:
+        sq_update: Sum of squares of the update.
+        sq_param: Sum of squares of the weights before the update.
+        steps: Optimizer steps the update spans, as for `ratios`.
+            Defaults to `1`.
+
+    Returns:
+        The ratio as a float; `nan` where the weights were all zero (or a
+        sum is not a non-negative number).
+
+    Example:
+
+    >>> ratio(1e-6, 1.0), ratio(4.0, 0.0)
+    (0.001, nan)
+    """
+    sq_update, sq_param = float(sq_update), float(sq_param)
+    if not (sq_param > 0 and sq_update >= 0):  # nan compares False
+        return math.nan
+    return math.sqrt(sq_update) / math.sqrt(sq_param) / float(steps)
 
 
 def ratios(sq_update, sq_param, steps=1):
@@ -51,11 +80,8 @@ def ratios(sq_update, sq_param, steps=1):
     >>> ratios([1e-6, 4.0], [1.0, 0.0]).tolist()
     [0.001, nan]
     """
-    sq_update = np.asarray(sq_update, dtype=np.float64)
-    sq_param = np.asarray(sq_param, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        result = np.sqrt(sq_update) / np.sqrt(sq_param) / float(steps)
-    return np.where(sq_param > 0, result, np.nan)
+    pairs = zip(np.ravel(sq_update).tolist(), np.ravel(sq_param).tolist())
+    return np.array([ratio(u, p, steps) for u, p in pairs], dtype=np.float64)
 
 
 def layer_of(path: str) -> str:
@@ -93,11 +119,10 @@ def layer_ratios(paths: Sequence[str], sq_update, sq_param, steps=1) -> dict:
         layer = layer_of(path)
         pooled_update[layer] = pooled_update.get(layer, 0.0) + float(u)
         pooled_param[layer] = pooled_param.get(layer, 0.0) + float(p)
-    names = list(pooled_update)
-    values = ratios(
-        [pooled_update[n] for n in names], [pooled_param[n] for n in names], steps
-    )
-    return {name: float(v) for name, v in zip(names, values)}
+    return {
+        name: ratio(pooled_update[name], pooled_param[name], steps)
+        for name in pooled_update
+    }
 
 
 def sustained_level(samples, window=5, min_samples=3):
