@@ -407,3 +407,39 @@ def test_clone_of_nested_functional_model_with_custom_regularizers():
     assert values["regularization_after"] == pytest.approx(
         10 * values["regularization_before"], rel=1e-4
     )
+
+
+def test_overfit_copy_is_prepared_before_its_first_step(monkeypatch):
+    """The copy's compiled loss, metrics and optimizer exist before its first
+    step (TensorFlow traces a step that creates variables twice), and where
+    the backend compiles a quick training step (JAX) it trains exactly as
+    Keras's own step does."""
+    from trainwatch import sanity
+    from trainwatch.backends import get_backend
+
+    x, y = _data()
+    model = _classifier(regularize=False)
+    model.compile(
+        keras.optimizers.Adam(1e-2),
+        "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    built = {}
+    original = sanity._compile_like
+
+    def recording(clone, *args):
+        original(clone, *args)
+        built["metrics"] = [v.path for v in clone.metrics_variables]
+        built["optimizer"] = clone.optimizer.built
+
+    monkeypatch.setattr(sanity, "_compile_like", recording)
+    quick = sanity_check(model, x, y, checks=("overfit",), **FAST)["overfit"]
+    assert built["optimizer"] and "accuracy/total" in built["metrics"], built
+    if not hasattr(get_backend(), "quick_train_function"):
+        return
+    monkeypatch.delattr(get_backend(), "quick_train_function")
+    keras_step = sanity_check(model, x, y, checks=("overfit",), **FAST)["overfit"]
+    assert quick.values["steps"] == keras_step.values["steps"]
+    np.testing.assert_allclose(
+        quick.values["last_loss"], keras_step.values["last_loss"], rtol=1e-5
+    )
