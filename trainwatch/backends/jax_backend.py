@@ -110,8 +110,6 @@ def quick_train_function(model):
         or not callable(getattr(model, "_make_function", None))
     ):
         return False
-    step = jax.jit(
-        model.train_step, donate_argnums=0, compiler_options=_QUICK_COMPILE
-    )
+    step = jax.jit(model.train_step, donate_argnums=0, compiler_options=_QUICK_COMPILE)
     model.train_function = model._make_function(step)
     return True
