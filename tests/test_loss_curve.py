@@ -270,3 +270,13 @@ def test_digits_mlp_findings(tmp_path, learning_rate):
         assert serious & alternatives, [str(f) for f in findings]
     for finding in findings:
         assert finding.advice and any(ch.isdigit() for ch in finding.message)
+
+
+def test_underfitting_judges_a_training_accuracy_not_a_validation_one():
+    from trainwatch.callbacks.loss_curve import _accuracy_name
+
+    names = ["val_cls_accuracy", "loss", "reg_mae", "cls_accuracy", "val_loss"]
+    assert _accuracy_name(names) == "cls_accuracy"
+    assert _accuracy_name(reversed(names)) == "cls_accuracy"
+    assert _accuracy_name(["b_accuracy", "a_accuracy"]) == "a_accuracy"
+    assert _accuracy_name(["val_accuracy", "loss"]) is None

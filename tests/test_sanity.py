@@ -443,3 +443,20 @@ def test_overfit_copy_is_prepared_before_its_first_step(monkeypatch):
     np.testing.assert_allclose(
         quick.values["last_loss"], keras_step.values["last_loss"], rtol=1e-5
     )
+
+
+def test_callback_takes_weighted_data_and_skips_a_trained_model(tmp_path):
+    """`(x, y, sample_weight)` is accepted (the checks are unweighted); a second
+    `fit` (or a resumed run) does not check a trained model as untrained."""
+    x, y = _data()
+    model = _classifier(regularize=False)
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    check = SanityCheck(
+        str(tmp_path), data=(x, y, np.ones(len(x))), checks=("initial_loss",), verbose=0
+    )
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[check])
+    assert check.result is not None and check.result["initial_loss"].status == "passed"
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[check])
+    assert check.result is None
+    texts = read_events(str(tmp_path / "train"))["."].texts[TEXT_TAG]
+    assert "already trained 4 steps" in texts[-1].text

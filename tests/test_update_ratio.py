@@ -211,3 +211,26 @@ def test_bad_arguments_fail_early():
         UpdateRatio(warn_below=-1)
     with pytest.raises(ValueError, match="Received: warn_below=1, warn_above=0.1"):
         UpdateRatio(warn_below=1, warn_above=0.1)
+
+
+def test_two_dimensional_biases_are_charted_not_judged():
+    """Attention and recurrent layers keep zero-started biases in 2-D arrays;
+    like 1-D biases, their large early ratios are no learning-rate finding."""
+    from trainwatch.callbacks.update_ratio import _is_bias
+
+    assert _is_bias("mha/query/bias") and _is_bias("gru/gru_cell/bias")
+    assert _is_bias("layer/recurrent_bias")
+    assert not _is_bias("mha/query/kernel")
+    assert not _is_bias("dense/bias_scale/kernel")
+    model = keras.Sequential(
+        [keras.Input((5, 4)), keras.layers.GRU(3), keras.layers.Dense(2)]
+    )
+    model.compile("adam", "mse")
+    ratios = UpdateRatio(verbose=0)
+    ratios.set_model(model)
+    ratios.on_train_begin()
+    judged = set(ratios._judged)
+    assert "sequential/gru/gru_cell/kernel" in judged or any(
+        p.endswith("gru_cell/kernel") for p in judged
+    )
+    assert not any(p.endswith("bias") for p in judged), judged

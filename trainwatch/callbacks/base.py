@@ -410,7 +410,10 @@ class Monitor(keras.callbacks.Callback):
             iterations = getattr(optimizer, "iterations", None)
             if iterations is not None:
                 with contextlib.suppress(Exception):
-                    self.context.step = max(self.context.step, int(iterations.numpy()))
+                    self.context.step = max(
+                        self.context.step,
+                        int(keras.ops.convert_to_numpy(iterations)),
+                    )
         self.guard("train_begin", self.begin)
         if self._owns_context and len(self.context.findings):
             # Found before training (or in an earlier fit): readable at once.

@@ -60,8 +60,23 @@ def higher_is_better(name: str) -> bool:
 
 
 def _accuracy_name(names):
-    """The accuracy metric to judge over/underfitting by, or `None`."""
-    candidates = [n for n in names if "acc" in n.lower() and "top" not in n.lower()]
+    """The training accuracy metric to judge over/underfitting by, or `None`.
+
+    Validation entries (`val_*`) are not candidates: they are compared with
+    the training metric of the same name. Of several (a model with several
+    outputs), the first in sorted order, so the choice never depends on the
+    order the names came in.
+
+    Example:
+
+    >>> _accuracy_name(["val_cls_accuracy", "loss", "cls_accuracy"])
+    'cls_accuracy'
+    """
+    candidates = sorted(
+        n
+        for n in names
+        if "acc" in n.lower() and "top" not in n.lower() and not n.startswith("val_")
+    )
     if "accuracy" in candidates:
         return "accuracy"
     return candidates[0] if candidates else None

@@ -25,7 +25,8 @@ class SanityCheck(Monitor):
             Defaults to `None`.
         data: `(x, y)`: training examples to check with (the first
             `batch_size` are used, the first `subset_size` overfitted).
-            Required.
+            `(x, y, sample_weight)` is taken too; the checks are unweighted
+            (an untrained model's loss is judged per example). Required.
         checks: Which checks to run, from `("initial_loss", "regularization",
             "overfit")`. Defaults to all.
         verbose: 0 silent, 1 print progress, the report and new findings.
@@ -59,11 +60,12 @@ class SanityCheck(Monitor):
 
     def __init__(self, log_dir=None, data=None, checks=CHECKS, verbose=1, **kwargs):
         super().__init__(log_dir=log_dir, verbose=verbose)
-        if not isinstance(data, (tuple, list)) or len(data) != 2:
+        if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
             raise ValueError(
-                "Expected data=(x, y): training inputs and labels to check with. "
-                f"Received: data={_describe(data)}"
+                "Expected data=(x, y) or (x, y, sample_weight): training inputs "
+                f"and labels to check with. Received: data={_describe(data)}"
             )
+        data = tuple(data)[:2]
         lengths = [len(keras.tree.flatten(part)[0]) for part in data]
         if lengths[0] != lengths[1] or lengths[0] < 1:
             raise ValueError(
@@ -87,6 +89,23 @@ class SanityCheck(Monitor):
         self.result = None
 
     def begin(self):
+        trained = _steps_trained(self._model)
+        if trained:
+            # A second `fit`, or a resumed run: the checks are about an
+            # untrained model (its initial loss, whether it can start
+            # learning), and a trained one would fail them falsely.
+            self.result = None
+            note = (
+                f"Skipped: the model has already trained {trained} steps; "
+                "these checks are about an untrained model. Call "
+                "`trainwatch.sanity_check` on a fresh model to run them."
+            )
+            if self._verbose:
+                print(f"[trainwatch] sanity checks: {note}")
+            writer = self.context.writer("train")
+            if writer is not None:
+                writer.text(TEXT_TAG, note, self.context.step)
+            return
         x, y = self.data
         self.result = sanity_check(
             self.model,
@@ -108,6 +127,17 @@ class SanityCheck(Monitor):
                 finding.advice,
                 where=finding.where,
             )
+
+
+def _steps_trained(model) -> int:
+    """Optimizer steps `model` has taken (0 when it has no optimizer yet)."""
+    iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
+    if iterations is None:
+        return 0
+    try:
+        return int(keras.ops.convert_to_numpy(iterations))
+    except Exception:  # not a number we can read: treat as untrained
+        return 0
 
 
 def _describe(data):

@@ -104,6 +104,21 @@ def _is_ready(array) -> bool:
         return True
 
 
+def _is_bias(path):
+    """Whether a variable is a bias by its name: 1-D biases are told by their
+    shape, but attention and recurrent layers keep theirs in 2-D arrays
+    (`(heads, units)`, `(2, 3 * units)`), which start at zero and so have
+    update ratios far above a weight's for many steps.
+
+    Example:
+
+    >>> _is_bias("mha/query/bias"), _is_bias("gru/gru_cell/recurrent_kernel")
+    (True, False)
+    """
+    name = path.rsplit("/", 1)[-1].lower()
+    return name == "bias" or name.endswith("_bias")
+
+
 def _is_sample_step(step, freq):
     """Steps 1, 2, 4, 8, … below `freq`, then every multiple of `freq`."""
     if step < 1:
@@ -140,7 +155,8 @@ class UpdateRatio(Monitor):
     A healthy ratio is about 1e-3 (CS231n): far below, the learning rate is
     too low; far above, too high. Sustained ratios beyond `warn_below` or
     `warn_above` (median of the last 5 samples of a weight variable; biases and
-    other 1-D variables are charted but not judged) raise `update_ratio_low`
+    other 1-D variables, and 2-D biases by their name, are charted but not
+    judged) raise `update_ratio_low`
     or `update_ratio_high`, with the factor to change the learning rate by.
     Ratios that collapse after being too high (a network knocked dead by huge
     steps) do not raise `update_ratio_low`.
@@ -243,7 +259,11 @@ class UpdateRatio(Monitor):
         model = self._model
         self._variables = list(model.trainable_variables)
         self._paths = [v.path for v in self._variables]
-        weights = [p for v, p in zip(self._variables, self._paths) if len(v.shape) > 1]
+        weights = [
+            p
+            for v, p in zip(self._variables, self._paths)
+            if len(v.shape) > 1 and not _is_bias(p)
+        ]
         self._judged = weights or list(self._paths)
         self._spe = max(1, int(getattr(model, "steps_per_execution", 1) or 1))
         steps = (self.params or {}).get("steps")
