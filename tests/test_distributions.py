@@ -357,3 +357,30 @@ def test_on_its_own_the_probe_schedule_stays_per_epoch(tmp_path):
     model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[probes])
     run = read_events(str(tmp_path))["train"]
     assert [e.step for e in run.histograms["activations/sequential/dense"]] == [0, 10]
+
+
+def test_bfloat16_activations_are_histogrammed(tmp_path, watch_with_only):
+    """Under `mixed_bfloat16` the probe's activations and gradients are
+    bfloat16, which numpy knows only through ml_dtypes (and torch not at all):
+    they are widened to float32, not a `monitor_failed`."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    y = rng.integers(0, 3, size=64)
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = keras.Sequential(
+            [
+                keras.Input((6,)),
+                keras.layers.Dense(8, activation="relu"),
+                keras.layers.Dense(3),
+                keras.layers.Activation("softmax", dtype="float32"),
+            ]
+        )
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    watch = watch_with_only(str(tmp_path), (x[:32], y[:32]), ("distributions",))
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[watch])
+    assert [f.code for f in watch.context.findings] == []
+    histograms = read_events(str(tmp_path / "train"))["."].histograms
+    assert any(tag.startswith("activations/") for tag in histograms), histograms

@@ -51,6 +51,8 @@ def to_numpy(x) -> np.ndarray:
     if hasattr(x, "value") and not isinstance(x, torch.Tensor):
         x = x.value
     if isinstance(x, torch.Tensor):
+        if x.dtype == torch.bfloat16:  # numpy has no bfloat16: widen, exactly
+            x = x.float()
         return x.detach().cpu().numpy()
     return np.asarray(x)
 

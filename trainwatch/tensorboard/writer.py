@@ -179,6 +179,8 @@ class SummaryWriter:
         """
         tag = _check_tag(tag)
         data = np.asarray(values)
+        if data.dtype.name == "bfloat16":  # ml_dtypes' type: numpy kind "V"
+            data = data.astype(np.float32)
         if data.dtype.kind not in "biuf":
             raise TypeError(
                 "`values` must hold bool, integer or float values. "
