@@ -500,9 +500,9 @@ def _compile_like(clone, model, optimizer, xs, ys):
     clone.compile(optimizer=optimizer, loss=model.loss, loss_weights=loss_weights)
     # The optimizer's and the compiled loss and metrics' variables made now,
     # not in the first step: TensorFlow traces a step that creates variables
-    # twice (the digits MLP's check: 0.5 s with both traces, 0.4 s with the
-    # optimizer built first, ~0.2 s with everything built first). Keras does
-    # this itself on JAX and PyTorch (`_symbolic_build`, private API).
+    # twice (the digits MLP's first step: 0.44 s with the optimizer built
+    # first, 0.25 s with everything built first). Keras does this itself on
+    # JAX and PyTorch (`_symbolic_build`, private API).
     with contextlib.suppress(Exception):  # else built in the first step
         clone._symbolic_build(data_batch=(xs, ys))
     with contextlib.suppress(Exception):

@@ -314,6 +314,18 @@ def findings_markdown(findings) -> str:
     return "\n".join(rows)
 
 
+def steps_trained(model) -> int:
+    """Optimizer steps `model` has taken: 0 without an optimizer, or when its
+    step count cannot be read."""
+    iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
+    if iterations is None:
+        return 0
+    try:
+        return int(keras.ops.convert_to_numpy(iterations))
+    except Exception:  # not a number we can read: as if untrained
+        return 0
+
+
 class Monitor(keras.callbacks.Callback):
     """Base of trainwatch callbacks: shared context, step keeping, isolation.
 
@@ -406,14 +418,7 @@ class Monitor(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self._owns_context:
             self.context.start_training()
-            optimizer = getattr(self._model, "optimizer", None)
-            iterations = getattr(optimizer, "iterations", None)
-            if iterations is not None:
-                with contextlib.suppress(Exception):
-                    self.context.step = max(
-                        self.context.step,
-                        int(keras.ops.convert_to_numpy(iterations)),
-                    )
+            self.context.step = max(self.context.step, steps_trained(self._model))
         self.guard("train_begin", self.begin)
         if self._owns_context and len(self.context.findings):
             # Found before training (or in an earlier fit): readable at once.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from trainwatch.callbacks.base import Monitor
+from trainwatch.callbacks.base import Monitor, steps_trained
 from trainwatch.sanity import CHECKS, sanity_check
 
 TEXT_TAG = "sanity/report"
@@ -89,7 +89,7 @@ class SanityCheck(Monitor):
         self.result = None
 
     def begin(self):
-        trained = _steps_trained(self._model)
+        trained = steps_trained(self._model)
         if trained:
             # A second `fit`, or a resumed run: the checks are about an
             # untrained model (its initial loss, whether it can start
@@ -127,17 +127,6 @@ class SanityCheck(Monitor):
                 finding.advice,
                 where=finding.where,
             )
-
-
-def _steps_trained(model) -> int:
-    """Optimizer steps `model` has taken (0 when it has no optimizer yet)."""
-    iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
-    if iterations is None:
-        return 0
-    try:
-        return int(keras.ops.convert_to_numpy(iterations))
-    except Exception:  # not a number we can read: treat as untrained
-        return 0
 
 
 def _describe(data):

@@ -178,9 +178,7 @@ class SummaryWriter:
             ValueError: If `buckets < 1`.
         """
         tag = _check_tag(tag)
-        data = np.asarray(values)
-        if data.dtype.name == "bfloat16":  # ml_dtypes' type: numpy kind "V"
-            data = data.astype(np.float32)
+        data = _numeric_array(values)
         if data.dtype.kind not in "biuf":
             raise TypeError(
                 "`values` must hold bool, integer or float values. "
@@ -401,11 +399,20 @@ def _check_step(step):
         raise TypeError(f"`step` must be an integer. Received: step={step!r}") from None
 
 
+def _numeric_array(values):
+    """`values` as a numpy array, bfloat16 widened to float32 (ml_dtypes'
+    bfloat16 is numpy kind "V"; the widening is exact)."""
+    data = np.asarray(values)
+    if data.dtype.name == "bfloat16":
+        data = data.astype(np.float32)
+    return data
+
+
 def _scalar(value):
     """`value` as a Python float, or raises: one number of any numeric type."""
     if type(value) is float or type(value) is int:  # the common case, fast
         return float(value)
-    array = np.asarray(value)
+    array = _numeric_array(value)
     if array.dtype.kind not in "biuf":
         raise TypeError(f"A scalar value must be a number. Received: value={value!r}")
     if array.size != 1:
