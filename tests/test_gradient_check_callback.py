@@ -175,17 +175,33 @@ def test_float32_fallback_is_reported_and_training_goes_on():
     assert "gradient_check_imprecise" in codes and "gradient_wrong" not in codes
 
 
-def test_unbuilt_model_is_a_finding_not_a_crash():
-    model = keras.Sequential([keras.layers.Dense(3)])
-    model.compile(optimizer="sgd", loss="mse")
-    check = GradientCheck(data=data(), warmup_steps=0, wait_for_loss_drop=False)
+def run_one_epoch(model, check):
     check.set_model(model)
     check.on_train_begin()
     check.on_epoch_begin(0)
     check.on_epoch_end(0, {})
     check.on_train_end({})
+
+
+def test_an_unbuilt_model_is_built_on_the_data_and_checked():
+    model = keras.Sequential([keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    check = GradientCheck(data=data(), warmup_steps=0, wait_for_loss_drop=False)
+    fit(model, check, epochs=1)
+    assert len(check.results) == 1
+    assert not [f for f in check.context.findings if f.code == "monitor_failed"]
+
+
+def test_a_model_that_cannot_be_built_is_a_finding_not_a_crash():
+    def refuse(x):
+        raise ValueError("refused")
+
+    model = keras.Sequential([keras.layers.Dense(3), keras.layers.Lambda(refuse)])
+    model.compile(optimizer="sgd", loss="mse")
+    check = GradientCheck(data=data(), warmup_steps=0, wait_for_loss_drop=False)
+    run_one_epoch(model, check)
     [finding] = list(check.context.findings)
-    assert finding.code == "monitor_failed" and "not built" in finding.message
+    assert finding.code == "monitor_failed" and "refused" in finding.message
     assert check.results == []
 
 

@@ -457,11 +457,10 @@ def _short_reason(error) -> str:
             "serialization (or has no `get_config`), so it cannot be rebuilt in "
             "float64"
         )
-    lines = text.strip().splitlines()
-    first = lines[0].rstrip(".") if lines else type(error).__name__
+    first = model_copy.short_error_text(error)
     if not isinstance(error, float64.Float64Unavailable):
         first = f"the float64 copy failed: {type(error).__name__}: {first}"
-    return first if len(first) <= 200 else first[:197] + "..."
+    return first
 
 
 def _check_aligned(model, shadow):

@@ -44,6 +44,22 @@ class CloneUnavailable(RuntimeError):
     """The model cannot be copied; the message says why."""
 
 
+def short_error_text(error, limit=200) -> str:
+    """An error's first line, at most `limit` characters.
+
+    Keras's deserialization errors run to pages (they print whole configs);
+    a report needs the gist.
+
+    Example:
+
+    >>> short_error_text(TypeError("bad config\\nconfig={...}"))
+    'bad config'
+    """
+    lines = str(error).strip().splitlines()
+    first = lines[0].strip().rstrip(".") if lines else type(error).__name__
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
 # Initializers in a copy's config: its weights are overwritten with the
 # original's right after it is built, so they start as zeros, the cheapest
 # (on JAX every random initializer compiles a few programs on first use).
@@ -439,8 +455,9 @@ def clone_with_weights(
     except Exception as error:  # any failure to rebuild means "no copy"
         raise CloneUnavailable(
             f"Could not rebuild model {model.name!r} from its config "
-            f"({type(error).__name__}: {error}). Give subclassed models and custom "
-            "layers a `get_config()` that lists their constructor arguments."
+            f"({type(error).__name__}: {short_error_text(error, 120)}). Give "
+            "subclassed models and custom layers a `get_config()` that lists "
+            "their constructor arguments."
         ) from error
     copy_weights(model, clone, CloneUnavailable)
     _apply_regularizers(model, clone, regularizer_fn)

@@ -80,12 +80,21 @@ class LayerTrace(NamedTuple):
     feature_shape: tuple | None = None
 
 
+class ModelNotReady(ValueError):
+    """The model cannot be evaluated yet (not built, or compiled without a loss).
+
+    A problem of the model's set-up, not of trainwatch: the message says what
+    to do.
+    """
+
+
 def check_model_ready(model) -> None:
     """Raises a clear error unless `model` is a built, compiled Keras model.
 
     Raises:
         TypeError: `model` is not a `keras.Model`.
-        ValueError: the model is not built or not compiled with a loss.
+        ModelNotReady: the model is not built or not compiled with a loss (a
+            `ValueError`).
     """
     if not isinstance(model, keras.Model):
         raise TypeError(
@@ -93,18 +102,70 @@ def check_model_ready(model) -> None:
             f"Received: model={type(model).__name__}"
         )
     if not model.built:
-        raise ValueError(
+        raise ModelNotReady(
             f"Model {model.name!r} is not built: its variables do not exist yet. "
-            "Call it on a batch (`model(x[:1])`) or give it an `Input`, then try "
-            f"again. Received: model.built={model.built}"
+            "Call it on a batch (`model(x[:1])`) or give it an `Input` before "
+            "`fit`, or give trainwatch a probe batch, which builds it. "
+            f"Received: model.built={model.built}"
         )
     has_loss = getattr(model, "_compile_loss", None) is not None
     if not has_loss and not _overrides_compute_loss(model):
-        raise ValueError(
+        raise ModelNotReady(
             f"Model {model.name!r} has no loss: compile it first, e.g. "
             "`model.compile(optimizer='adam', loss='sparse_categorical_crossentropy')`."
             f" Received: model.compiled={getattr(model, 'compiled', False)}"
         )
+
+
+def build_on_batch(model, batch) -> bool:
+    """Builds an unbuilt model on a batch, as Keras's `fit` does on JAX and PyTorch.
+
+    On TensorFlow, `fit` builds a subclassed model (one without an `Input`)
+    only when it traces its first step, after `on_train_begin`: the checks
+    that run there would find no variables. This builds it first, the way
+    Keras builds it on the other backends (symbolically, no computation): the
+    same layers make the same variables in the same order, so the weights
+    are those `fit` would make.
+
+    Args:
+        model: A `keras.Model`.
+        batch: `(x, y)` or `(x, y, sample_weight)` of training data (arrays or
+            backend tensors), or `x` alone.
+
+    Returns:
+        `True` if the model is built now (or was already).
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> class Net(keras.Model):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.dense = keras.layers.Dense(2)
+    ...     def call(self, x):
+    ...         return self.dense(x)
+    >>> net = Net()
+    >>> net.compile(loss="mse")
+    >>> build_on_batch(net, (np.zeros((4, 3)), np.zeros((4, 2)))), len(net.weights)
+    (True, 2)
+    """
+    if not isinstance(model, keras.Model) or model.built:
+        return isinstance(model, keras.Model)
+    if not isinstance(batch, (tuple, list)):
+        batch = (batch,)
+    symbolic_build = getattr(model, "_symbolic_build", None)  # private in Keras 3
+    if symbolic_build is not None:
+        try:
+            symbolic_build(data_batch=tuple(batch))
+        except Exception:  # else called on one example below
+            pass
+    if not model.built:
+        x = batch[0]
+        try:
+            model(keras.tree.map_structure(lambda a: a[:1], x), training=False)
+        except Exception:  # the checks then say it is not built
+            return False
+    return bool(model.built)
 
 
 def _overrides_compute_loss(model) -> bool:

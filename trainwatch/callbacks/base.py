@@ -27,6 +27,7 @@ import weakref
 
 import keras
 
+from trainwatch.backends.model_functions import ModelNotReady, build_on_batch
 from trainwatch.findings import FINDINGS_FILENAME, Finding, FindingLog
 
 _MAX_FAILURES = 3
@@ -400,14 +401,19 @@ class Monitor(keras.callbacks.Callback):
                 RuntimeWarning,
                 stacklevel=2,
             )
+            advice = (
+                "This is a trainwatch problem, not a training problem; please "
+                "report it with the model summary. Training continues."
+            )
+            if isinstance(error, ModelNotReady):  # the model's set-up, said in it
+                advice = "Do what the message says. Training continues."
             try:
                 self.report(
                     "monitor_failed",
                     "warning",
                     f"{type(self).__name__} failed during {part}: {summary.strip()}"
                     + (" It was switched off." if self.disabled else ""),
-                    "This is a trainwatch problem, not a training problem; please "
-                    "report it with the model summary. Training continues.",
+                    advice,
                     where=type(self).__name__,
                 )
             except Exception:  # e.g. the log dir became unwritable: warned above
@@ -419,6 +425,11 @@ class Monitor(keras.callbacks.Callback):
         if self._owns_context:
             self.context.start_training()
             self.context.step = max(self.context.step, steps_trained(self._model))
+        model = self._model
+        if model is not None and not model.built:  # TensorFlow, no `Input`
+            batch = self.build_batch()
+            if batch is not None:
+                build_on_batch(model, batch)
         self.guard("train_begin", self.begin)
         if self._owns_context and len(self.context.findings):
             # Found before training (or in an earlier fit): readable at once.
@@ -455,6 +466,15 @@ class Monitor(keras.callbacks.Callback):
         return self.context.step
 
     # -- hooks for subclasses ----------------------------------------------
+    def build_batch(self):
+        """A training batch to build an unbuilt model on at train begin, or `None`.
+
+        TensorFlow's `fit` builds a model without an `Input` only in its first
+        step; monitors that look at the model in `begin` return their data
+        here so that it is built first (`build_on_batch`).
+        """
+        return None
+
     def begin(self):
         """Called at train begin (guarded)."""
 

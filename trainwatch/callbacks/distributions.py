@@ -497,6 +497,9 @@ class Distributions(Monitor):
         self._probe_tensors = None
         self.mid_epoch_seconds = MID_EPOCH_SECONDS
 
+    def build_batch(self):
+        return self.probe
+
     def begin(self):
         self._probe_tensors = None  # converted on the first probe of this fit
         self._probe()

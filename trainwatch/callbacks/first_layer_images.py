@@ -230,12 +230,18 @@ class FirstLayerImages(Monitor):
             _as_hwc(image_shape)
         self.image_shape = None if image_shape is None else tuple(image_shape)
         self.layer = layer
+        self._awaiting_build = False
 
     def begin(self):
-        self._draw()
+        # Unbuilt (TensorFlow, no `Input`): drawn once Keras has built it.
+        self._awaiting_build = not self.model.built
+        if not self._awaiting_build:
+            self._draw()
 
     def epoch_end(self, epoch, logs):
-        if self.image_freq and (epoch + 1) % self.image_freq == 0:
+        due = self.image_freq and (epoch + 1) % self.image_freq == 0
+        if due or self._awaiting_build:
+            self._awaiting_build = False
             self._draw()
 
     def _draw(self):
@@ -249,10 +255,16 @@ class FirstLayerImages(Monitor):
                 self.model, self.layer, self.image_shape, self.max_images
             )
         except ValueError as error:
-            warnings.warn(
-                f"FirstLayerImages is switched off: {error}", UserWarning, stacklevel=2
-            )
             self.disabled = True
+            if self._owns_context or self.layer is not None or self.image_shape:
+                # Asked for by name: that it cannot draw is worth a warning.
+                warnings.warn(
+                    f"FirstLayerImages is switched off: {error}",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            elif self._verbose:  # a part of TrainWatch, on a model without images
+                print(f"[trainwatch] images are off: {error}")
             return
         grid = image_grid(tiles, ncols=ncols or math.ceil(math.sqrt(len(tiles))))
         writer.image(

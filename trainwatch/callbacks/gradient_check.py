@@ -189,6 +189,9 @@ class GradientCheck(Monitor):
         return self.results[-1][1] if self.results else None
 
     # -- hooks -----------------------------------------------------------------
+    def build_batch(self):
+        return self.data
+
     def begin(self):
         self._error = None
         self._next_step = None

@@ -135,6 +135,9 @@ class InputAndInitChecks(Monitor):
         if first_time:
             self.guard("init_checks", self._check_initialization)
 
+    def build_batch(self):
+        return None if self._x is None else (self._x,)
+
     def begin(self):
         if self._done:
             return

@@ -88,6 +88,9 @@ class SanityCheck(Monitor):
         self.options = dict(kwargs)
         self.result = None
 
+    def build_batch(self):
+        return self.data
+
     def begin(self):
         trained = steps_trained(self._model)
         if trained:

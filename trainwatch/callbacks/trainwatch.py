@@ -7,6 +7,7 @@ import importlib
 import keras
 import numpy as np
 
+from trainwatch.backends.model_functions import build_on_batch
 from trainwatch.callbacks.base import Monitor, RunContext
 
 # option name -> (module, class, keyword that receives the probe batch or None)
@@ -179,7 +180,15 @@ class TrainWatch(Monitor):
         for p in self.parts:
             p.set_params(params)
 
+    def build_batch(self):
+        return self.probe
+
     def on_train_begin(self, logs=None):
+        model = self._model
+        if self.probe is not None and model is not None and not model.built:
+            # TensorFlow, no `Input`: built now, so that every part sees the
+            # model's variables and the probe is checked against it.
+            build_on_batch(model, self.probe)
         if self._probe_given_to_parts:
             # A probe that does not fit the model is the user's argument error:
             # say so now, before any training time is spent.

@@ -253,10 +253,14 @@ class UpdateRatio(Monitor):
         self._layout_written = False
         self._seen_high = False
         self._next_due = 1
+        self._awaiting_build = False
 
     # -- Keras hooks ---------------------------------------------------------
     def begin(self):
         model = self._model
+        # Unbuilt (TensorFlow, no `Input`, no probe): no variables yet; taken
+        # up at the first sample step, after Keras built the model.
+        self._awaiting_build = not model.built
         self._variables = list(model.trainable_variables)
         self._paths = [v.path for v in self._variables]
         weights = [
@@ -282,8 +286,11 @@ class UpdateRatio(Monitor):
         # used: findings come from the samples, and epoch ends set it).
         if self._snapshot is None and steps_done + self._spe < self._next_due:
             return
+        if not self._variables and self._awaiting_build and self._model.built:
+            self.guard("train_begin", self.begin)  # built by the first step
         if self.disabled or not self._variables:
-            self._next_due = math.inf
+            if self.disabled or not self._awaiting_build:
+                self._next_due = math.inf  # nothing to sample: out at once
             return
         if self._owns_context and steps_done > self.context.step:
             self.context.step = steps_done
