@@ -89,3 +89,33 @@ def test_a_model_that_cannot_be_built_is_named_not_blamed_on_trainwatch():
     [finding] = [f for f in dists.context.findings if f.code == "monitor_failed"]
     assert "not built" in finding.message and "probe" in finding.message
     assert "trainwatch problem" not in finding.advice
+
+
+class NoConfigNet(keras.Model):
+    """A constructor argument and no `get_config`: Keras cannot copy it."""
+
+    def __init__(self, units):
+        super().__init__()
+        self.hidden = keras.layers.Dense(units, activation="tanh")
+        self.drop = keras.layers.Dropout(0.5)
+        self.out = keras.layers.Dense(3, activation="softmax")
+
+    def call(self, x, training=False):
+        return self.out(self.drop(self.hidden(x), training=training))
+
+
+def test_overfit_check_trains_private_weights_of_a_model_that_cannot_be_copied():
+    x, y = data(64)
+    keras.utils.set_random_seed(1)
+    model = NoConfigNet(16)
+    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    model(x[:2])
+    before = model.get_weights()
+    result = trainwatch.sanity_check(model, x, y, checks=("overfit",), verbose=0)
+    overfit = result["overfit"]
+    assert overfit.status == "passed", overfit.summary
+    assert "private copies" in overfit.summary
+    assert overfit.values["last_loss"] < 0.1 * overfit.values["first_loss"]
+    for a, b in zip(before, model.get_weights()):  # the model is untouched
+        np.testing.assert_array_equal(a, b)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0

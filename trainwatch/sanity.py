@@ -513,12 +513,38 @@ def _compile_like(clone, model, optimizer, xs, ys):
             quick(clone)
 
 
+def _clone_stepper(clone, weights):
+    """`make_step(optimizer, model, xs, ys)` training `clone` from `weights`."""
+
+    def make_step(optimizer, model, xs, ys):
+        clone.set_weights(weights)
+        _compile_like(clone, model, optimizer, xs, ys)
+        return lambda: _loss_value(clone.train_on_batch(xs, ys))
+
+    return make_step
+
+
+def _private_step(optimizer, model, xs, ys):
+    """Steps on private copies of the model's weights (no copy of the model).
+
+    For models that cannot be copied (subclassed, no `get_config`): the data
+    loss in inference mode (dropout off, batch statistics fixed, no
+    regularization), differentiated and applied to values that only this
+    function holds; the model itself is never changed.
+    """
+    loss_fn = mf.batch_loss_function(model, xs, ys, part="data", training=False)
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    step = get_backend().private_train_step(
+        loss_fn, optimizer, model.trainable_variables
+    )
+    return lambda: _loss_value(step(non_trainable, xs, ys, None))
+
+
 def _train_attempt(
-    clone, model, xs, ys, weights, lr_factor, steps, ratio, deadline, verbose
+    make_step, model, xs, ys, lr_factor, steps, ratio, deadline, verbose
 ):
     optimizer, rate = model_copy.copy_optimizer(model.optimizer, lr_factor)
-    clone.set_weights(weights)
-    _compile_like(clone, model, optimizer, xs, ys)
+    train_step = make_step(optimizer, model, xs, ys)
     label = f"lr {rate:.3g}" if rate is not None else "lr schedule"
     _say(verbose, f"overfitting {_length(xs)} examples ({label}, up to {steps} steps)")
     first = best = last = float("nan")
@@ -526,7 +552,7 @@ def _train_attempt(
     step = 0
     timed_out = False
     for step in range(1, steps + 1):
-        last = _loss_value(clone.train_on_batch(xs, ys))
+        last = train_step()
         if step == 1:
             first, best = last, last
             target = ratio * abs(first)
@@ -566,30 +592,36 @@ def _check_overfit(model, x, y, subset_size, steps, ratio, boost, max_seconds, v
     n = min(subset_size, _length(x))
     xs, ys = _take(x, n), _take(y, n)
     xs, ys = mf.convert_batch(xs), mf.convert_batch(ys)
+    how = "a copy of the model"
     try:
         clone = model_copy.without_regularizers(
             model, zero_dropout=True, sample_input=xs
         )
+        make_step = _clone_stepper(clone, model.get_weights())
     except model_copy.CloneUnavailable as error:
-        return CheckResult(
-            name, SKIPPED, f"model cannot be copied: skipped ({error})", {}, ()
-        )
-    weights = model.get_weights()
+        # Trained on private copies of its weights instead (inference mode).
+        make_step, copy_error = _private_step, model_copy.short_error_text(error)
+        how = "private copies of the model's weights (in inference mode)"
     deadline = time.perf_counter() + max_seconds
-    attempts = [
-        _train_attempt(
-            clone, model, xs, ys, weights, 1.0, steps, ratio, deadline, verbose
+    args = (model, xs, ys)
+    try:
+        attempts = [
+            _train_attempt(make_step, *args, 1.0, steps, ratio, deadline, verbose)
+        ]
+    except Exception as error:
+        if make_step is not _private_step:
+            raise
+        reason = f"{copy_error}; weights alone: {model_copy.short_error_text(error)}"
+        return CheckResult(
+            name, SKIPPED, f"model cannot be copied: skipped ({reason})", {}, ()
         )
-    ]
     boostable = attempts[0]["learning_rate"] is not None and boost and boost != 1
     if not attempts[0]["reached"] and boostable and time.perf_counter() < deadline:
         attempts.append(
-            _train_attempt(
-                clone, model, xs, ys, weights, boost, steps, ratio, deadline, verbose
-            )
+            _train_attempt(make_step, *args, boost, steps, ratio, deadline, verbose)
         )
     final = attempts[-1]
-    values = {"examples": n, "attempts": attempts}
+    values = {"examples": n, "attempts": attempts, "trained": how}
     values.update({k: final[k] for k in ("first_loss", "last_loss", "target", "steps")})
     tried = " then ".join(
         f"{a['steps']} steps at "
@@ -600,6 +632,8 @@ def _check_overfit(model, x, y, subset_size, steps, ratio, boost, max_seconds, v
         )
         for a in attempts
     )
+    if make_step is _private_step:
+        tried += " (on private copies of its weights: the model cannot be copied)"
     if final["reached"]:
         summary = (
             f"loss {final['first_loss']:.4g} -> {final['last_loss']:.4g} (target "
@@ -615,7 +649,7 @@ def _check_overfit(model, x, y, subset_size, steps, ratio, boost, max_seconds, v
         f"{final['target']:.3g} not reached on {n} examples in {tried}{stopped}"
     )
     message = (
-        f"Training a copy of the model on {n} examples with regularization and "
+        f"Training {how} on {n} examples with regularization and "
         f"dropout off did not drive the loss near zero: from "
         f"{final['first_loss']:.4g} the best reached was {best:.4g} (target "
         f"{final['target']:.3g}, {ratio:g} of the start) in {tried}{stopped}."

@@ -113,3 +113,42 @@ def quick_train_function(model):
     step = jax.jit(model.train_step, donate_argnums=0, compiler_options=_QUICK_COMPILE)
     model.train_function = model._make_function(step)
     return True
+
+
+def private_train_step(loss_fn, optimizer, variables):
+    """Training steps on a private copy of `variables`' values.
+
+    For training a model without touching it (the sanity check's overfit run
+    on a model that cannot be copied): the values and the optimizer's slots
+    live here; the model's variables, optimizer and random state are never
+    changed. The step is compiled once, for a short compile time.
+
+    Args:
+        loss_fn: `fn(trainable_values, *rest) -> (scalar, aux)`, traceable.
+        optimizer: A fresh Keras optimizer; built here on `variables`.
+        variables: The model's trainable variables (their current values
+            start the copy).
+
+    Returns:
+        `step(*rest)`: one update of the copy; returns the loss before it.
+    """
+    import jax.numpy as jnp
+
+    optimizer.build(variables)
+    state = [
+        [jnp.array(v.value) for v in variables],
+        [jnp.array(v.value) for v in optimizer.variables],
+    ]
+
+    def update(values, slots, *rest):
+        (value, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(values, *rest)
+        values, slots = optimizer.stateless_apply(slots, grads, values)
+        return value, values, slots
+
+    compiled = jax.jit(update, compiler_options=_QUICK_COMPILE)
+
+    def step(*rest):
+        value, state[0], state[1] = compiled(state[0], state[1], *rest)
+        return value
+
+    return step

@@ -309,7 +309,12 @@ def _rebuild(model, zero_dropout, sample_input):
         return keras.models.clone_model(
             model, clone_function=_clone_layer_function(zero_dropout), recursive=True
         )
-    clone = keras.models.clone_model(model)
+    try:
+        clone = keras.models.clone_model(model)
+    except Exception as error:  # no usable `get_config`: copy the object itself
+        clone = _deep_copy(model, error)
+    if zero_dropout:
+        _zero_dropout_in_place(clone)
     if not clone.built:
         build_config = model.get_build_config() if model.built else None
         if build_config:
@@ -322,6 +327,28 @@ def _rebuild(model, zero_dropout, sample_input):
             )
         clone(sample_input, **_training_kwargs(clone))
     return clone
+
+
+def _deep_copy(model, config_error):
+    """`copy.deepcopy(model)`, for subclassed models that cannot be rebuilt
+    from their config; raises `config_error` if the object cannot be copied
+    either (the config is what the user can fix)."""
+    try:
+        clone = copy.deepcopy(model)
+    except Exception:
+        raise config_error from None
+    if len(clone.weights) != len(model.weights):
+        raise config_error
+    return clone
+
+
+def _zero_dropout_in_place(model):
+    """Sets the rate of every dropout and noise layer inside `model` to 0."""
+    for layer in _all_layers(model):
+        if type(layer).__name__ in _DROPOUT_LAYERS and hasattr(layer, "rate"):
+            layer.rate = 0.0
+        if isinstance(layer, keras.layers.GaussianNoise):
+            layer.stddev = 0.0
 
 
 def _is_functional(model):

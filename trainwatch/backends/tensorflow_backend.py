@@ -75,3 +75,43 @@ def jit(fn):
         return converted(*args)
 
     return call
+
+
+def private_train_step(loss_fn, optimizer, variables):
+    """Training steps on a private copy of `variables`' values.
+
+    For training a model without touching it (the sanity check's overfit run
+    on a model that cannot be copied): the copy is a set of new variables
+    (TensorFlow's optimizers have no stateless update), which the optimizer
+    updates; the model's variables, optimizer and random state are never
+    changed. The step is traced once.
+
+    Args:
+        loss_fn: `fn(trainable_values, *rest) -> (scalar, aux)`, traceable.
+        optimizer: A fresh Keras optimizer; built here on the copy.
+        variables: The model's trainable variables (their current values
+            start the copy).
+
+    Returns:
+        `step(*rest)`: one update of the copy; returns the loss before it.
+    """
+    import keras
+
+    copies = [
+        keras.Variable(tf.identity(v.value), dtype=v.dtype, name=f"copy_{v.name}")
+        for v in variables
+    ]
+    optimizer.build(copies)
+
+    def update(*rest):
+        with tf.GradientTape() as tape:
+            values = [c.value for c in copies]
+            value, _ = loss_fn(values, *rest)
+        grads = tape.gradient(value, [c.value for c in copies])
+        grads = [
+            tf.zeros_like(c.value) if g is None else g for g, c in zip(grads, copies)
+        ]
+        optimizer.apply(grads, copies)
+        return value
+
+    return tf.function(update, autograph=False, reduce_retracing=False)

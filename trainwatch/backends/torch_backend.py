@@ -73,3 +73,42 @@ def jit(fn):
             return fn(*args, **kwargs)
 
     return no_grad_fn
+
+
+def private_train_step(loss_fn, optimizer, variables):
+    """Training steps on a private copy of `variables`' values.
+
+    For training a model without touching it (the sanity check's overfit run
+    on a model that cannot be copied): the values and the optimizer's slots
+    live here; the model's variables, optimizer and random state are never
+    changed.
+
+    Args:
+        loss_fn: `fn(trainable_values, *rest) -> (scalar, aux)`.
+        optimizer: A fresh Keras optimizer; built here on `variables`.
+        variables: The model's trainable variables (their current values
+            start the copy).
+
+    Returns:
+        `step(*rest)`: one update of the copy; returns the loss before it.
+    """
+    optimizer.build(variables)
+    state = [
+        [v.value.detach().clone() for v in variables],
+        [v.value.detach().clone() for v in optimizer.variables],
+    ]
+
+    def step(*rest):
+        leaves = [v.requires_grad_(True) for v in state[0]]
+        with torch.enable_grad():
+            value, _ = loss_fn(leaves, *rest)
+            grads = torch.autograd.grad(value, leaves, allow_unused=True)
+        grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, leaves)]
+        with torch.no_grad():
+            values, state[1] = optimizer.stateless_apply(
+                state[1], grads, [v.detach() for v in leaves]
+            )
+        state[0] = [v.detach() for v in values]
+        return value.detach()
+
+    return step
