@@ -67,6 +67,21 @@ def test_batch_loss_is_the_loss_of_the_batch_itself(tmp_path):
     assert curve.initial_loss == pytest.approx(expected[0], rel=1e-4)
 
 
+def test_a_run_shorter_than_update_freq_still_logs_its_initial_loss(tmp_path):
+    x, y = digits(128)
+    model = mlp(optimizer=keras.optimizers.SGD(0.0))
+    probabilities = keras.ops.convert_to_numpy(model(x[:32]))
+    first = -np.log(probabilities[np.arange(32), y[:32]]).mean()
+    curve = LossCurve(tmp_path, verbose=0)  # update_freq 50 > the 8 steps
+    model.fit(
+        x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[curve]
+    )
+    train = read_events(tmp_path)["train"]
+    (point,) = train.scalars["batch_loss"]
+    assert point.step == 1
+    np.testing.assert_allclose(point.value, first, rtol=1e-4)
+
+
 def _fed(log_dir, means, steps, drain_every, first_batch=0):
     """A LossCurve fed Keras-like running means, its queue worked off every
     `drain_every` batches, as in a fit with `steps` batches an epoch."""
@@ -107,7 +122,7 @@ def test_runs_of_batches_are_taken_in_as_one_by_one(tmp_path, bad_at):
             [(e.step, e.value) for e in a.scalars[tag]],
             [(e.step, e.value) for e in b.scalars[tag]],
         )
-    assert steps_of(a.scalars["batch_loss"]) == [3, 6, 9]
+    assert steps_of(a.scalars["batch_loss"]) == [1, 3, 6, 9]  # 1: the start
     nan = [f.step for f in at_once.context.findings if f.code == "loss_nan"]
     assert nan == ([] if bad_at is None else [bad_at + 1])
 
@@ -164,7 +179,8 @@ def test_epoch_metrics_in_train_and_validation_runs_with_gaps(tmp_path):
     np.testing.assert_allclose(
         acc_gap, history[acc][-1] - history[f"val_{acc}"][-1], atol=1e-6
     )
-    assert steps_of(runs["train"].scalars["batch_loss"]) == [4, 8]  # 12: last
+    # 1: the initial loss; 12: the last batch, maybe smaller, left out
+    assert steps_of(runs["train"].scalars["batch_loss"]) == [1, 4, 8]
 
 
 def test_higher_is_better_names():

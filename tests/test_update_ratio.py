@@ -234,3 +234,14 @@ def test_two_dimensional_biases_are_charted_not_judged():
         p.endswith("gru_cell/kernel") for p in judged
     )
     assert not any(p.endswith("bias") for p in judged), judged
+
+
+def test_a_learning_rate_verdict_is_reported_once_as_the_flagged_set_grows():
+    ratios = UpdateRatio(verbose=0)
+    ratios._judged = ["d1/kernel", "d2/kernel"]
+    ratios.history = {"d1/kernel": [0.5] * 3, "d2/kernel": [1e-3] * 3}
+    ratios._judge(step=3, epoch=0)  # one variable high: `where` names it
+    ratios.history["d2/kernel"] = [0.5] * 5
+    ratios._judge(step=5, epoch=0)  # both high now: `where` would be None
+    codes = [f.code for f in ratios.context.findings]
+    assert codes == ["update_ratio_high"], codes

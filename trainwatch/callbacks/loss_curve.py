@@ -4,10 +4,12 @@ What it writes (TensorBoard, Keras's `train`/`validation` run layout):
 
 * every `update_freq` steps, in `train`, x-axis in global steps:
   `batch_loss`, the loss of that batch itself, recovered from Keras's running
-  means, and `batch_loss_log10`; at each epoch's start and end, `epoch`
-  (epochs elapsed: plotted against steps, a line to read the step axis in
-  epochs). With `steps_per_execution = s > 1` the hooks come every `s` steps
-  and a single batch's loss cannot be recovered: `window_loss` (and
+  means, and `batch_loss_log10`, and also at the first step this callback
+  sees (the initial loss: a run shorter than `update_freq` still gets its
+  curve's start); at each epoch's start and end, `epoch` (epochs elapsed:
+  plotted against steps, a line to read the step axis in epochs). With
+  `steps_per_execution = s > 1` the hooks come every `s` steps and a single
+  batch's loss cannot be recovered: `window_loss` (and
   `window_loss_log10`), the mean loss of the `s` batches run since the
   previous hook, replaces `batch_loss`. The epoch's last batch, which may be
   smaller than the others, is left out (the recovery assumes equal sizes).
@@ -371,14 +373,18 @@ class LossCurve(Monitor):
         # The epoch's last batch may be smaller: no exact recovery.
         recovered = len(items) if steps is None else min(len(items), steps - 1 - first)
         losses = losses[:recovered]
-        if self.initial_loss is None and first == 0 and losses:
+        initial = self.initial_loss is None and first == 0 and bool(losses)
+        if initial:
             self.initial_loss = losses[0]
         self._points.extend((start + first + 1 + i, v, 1) for i, v in enumerate(losses))
         freq = self.update_freq
         if freq == "epoch" or self._writer is None:
             return True
         offset = start + first + 1
-        for i in range(-offset % freq, recovered, freq):  # steps that are multiples
+        due = range(-offset % freq, recovered, freq)  # steps that are multiples
+        if initial and (not due or due[0] != 0):  # the curve starts at its start
+            due = [0, *due]
+        for i in due:
             self._writer.scalars(self._loss_scalars(losses[i]), step=offset + i)
         return True
 
@@ -413,13 +419,14 @@ class LossCurve(Monitor):
         start = self._epoch_start_step
         step = start + count_after
         batches = count_after - count_before
-        if self.initial_loss is None and count_before == 0:
+        initial = self.initial_loss is None and count_before == 0
+        if initial:
             self.initial_loss = value
         self._points.append((step, value, batches))
         freq = self.update_freq
-        if (
-            freq == "epoch"
-            or (start + count_after) // freq <= (start + count_before) // freq
+        if freq == "epoch" or (
+            not initial
+            and (start + count_after) // freq <= (start + count_before) // freq
         ):
             return None
         return self._loss_scalars(value)

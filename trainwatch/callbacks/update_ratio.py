@@ -252,6 +252,7 @@ class UpdateRatio(Monitor):
         self._learning_rate = None
         self._layout_written = False
         self._seen_high = False
+        self._codes_reported = set()
         self._next_due = 1
         self._awaiting_build = False
 
@@ -429,7 +430,13 @@ class UpdateRatio(Monitor):
                 # Ratios that collapse after steps far too large mean a network
                 # knocked dead (dead ReLUs), not a learning rate too low.
                 continue
-            self.context.report(finding)
+            if finding.code in self._codes_reported:
+                # One learning-rate verdict a run: the flagged set may grow
+                # from one variable (`where` names it) to several (`where`
+                # None), which the log would keep as a second finding.
+                continue
+            if self.context.report(finding):
+                self._codes_reported.add(finding.code)
 
     def _check_finite(self, step, epoch, sq_update, sq_param):
         """Weights that became nan or inf: said even when the loss stays finite
