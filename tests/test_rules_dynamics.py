@@ -203,13 +203,35 @@ def test_overfitting_ignores_epochs_without_validation():
 
 
 def test_underfitting_poor_training_accuracy_small_gap():
-    finding = dynamics.underfitting([0.2, 0.3, 0.35], [0.2, 0.3, 0.34])
+    finding = dynamics.underfitting([0.3, 0.34, 0.35], [0.3, 0.33, 0.34])
     assert finding is not None and "0.35" in finding.message
     assert "capacity" in finding.advice
-    assert dynamics.underfitting([0.2, 0.3, 0.35]) is not None  # no validation
+    assert dynamics.underfitting([0.3, 0.34, 0.35]) is not None  # no validation
     assert dynamics.underfitting([0.9, 0.95, 0.97], [0.9, 0.9, 0.9]) is None
     assert dynamics.underfitting([0.3, 0.5, 0.55], [0.1, 0.2, 0.3]) is None  # gap
     assert dynamics.underfitting([0.2, 0.3]) is None  # too early
+
+
+def test_underfitting_waits_for_a_poor_score_to_stop_improving():
+    # Three-epoch fits of a small classifier (jax, tensorflow, torch): poor,
+    # no gap, but still gaining ~10% of what is left per epoch: early, not
+    # underfitting.
+    for train, val in (
+        ([0.312, 0.401, 0.443], [0.328, 0.398, 0.445]),
+        ([0.18, 0.26, 0.32], [0.172, 0.25, 0.328]),
+        ([0.24, 0.305, 0.367], [0.328, 0.398, 0.422]),
+    ):
+        assert dynamics.underfitting(train, val) is None, f"rising {train=}"
+    # A one-unit bottleneck on digits: flat and poor after three epochs.
+    finding = dynamics.underfitting([0.096, 0.136, 0.142], [0.107, 0.127, 0.131])
+    assert finding is not None and "stopped improving" in finding.message
+    assert "+0.023 per epoch over the last 3 epochs" in finding.message
+    # Rose fast, then flattened while still poor: judged on the recent epochs.
+    curve = [0.1, 0.3, None, 0.4, 0.42, 0.43]
+    assert dynamics.underfitting(curve) is not None
+    assert dynamics.underfitting(curve, window=6) is None  # the whole rise
+    assert dynamics.underfitting([0.1, 0.2, 0.3, 0.4, 0.5]) is None  # still rising
+    assert dynamics.underfitting([0.3, 0.3, 0.3], min_epochs=4) is None  # too early
 
 
 def test_update_ratio_high_gives_the_factor():

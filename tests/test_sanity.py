@@ -460,3 +460,45 @@ def test_callback_takes_weighted_data_and_skips_a_trained_model(tmp_path):
     assert check.result is None
     texts = read_events(str(tmp_path / "train"))["."].texts[TEXT_TAG]
     assert "already trained 4 steps" in texts[-1].text
+
+
+def test_loss_scale_optimizer_learning_rate_is_read_through_the_wrapper():
+    """Mixed precision wraps the optimizer in a `LossScaleOptimizer`: its inner
+    optimizer's constant rate is the one named (and boosted), and only a real
+    `LearningRateSchedule` is called a schedule."""
+    x, y = _data()
+    model = _classifier(regularize=False)
+    wrapped = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-2))
+    model.compile(wrapped, "sparse_categorical_crossentropy")
+    options = {"checks": ("overfit",), "overfit_steps": 3, "verbose": 0}
+    overfit = sanity_check(model, x, y, **options)["overfit"]
+    attempts = overfit.values["attempts"]
+    assert [a["learning_rate"] for a in attempts] == pytest.approx([1e-2, 1e-1])
+    assert "at lr 0.01 then" in overfit.summary and "schedule" not in overfit.summary
+    assert int(keras.ops.convert_to_numpy(wrapped.iterations)) == 0
+
+    schedule = keras.optimizers.schedules.ExponentialDecay(1e-2, 100, 0.9)
+    inner = keras.optimizers.Adam(schedule)
+    model.compile(keras.optimizers.LossScaleOptimizer(inner), "mse")
+    overfit = sanity_check(model, x, np.eye(CLASSES)[y], **options)["overfit"]
+    assert "3 steps at lr schedule" in overfit.summary
+
+
+def test_loss_scale_optimizer_trains_private_weights_unscaled():
+    """The private-weights path does not scale the loss: the wrapper's inner
+    optimizer applies the gradients (the wrapper would divide them by its
+    scale, 32768, and the weights would not move)."""
+    x, y = _data()
+    model = Uncloneable(object())
+    model(x[:1])
+    sgd = keras.optimizers.SGD(0.5)
+    model.compile(
+        keras.optimizers.LossScaleOptimizer(sgd), "sparse_categorical_crossentropy"
+    )
+    overfit = sanity_check(
+        model, x, y, checks=("overfit",), overfit_steps=20, verbose=0
+    )["overfit"]
+    assert "private copies" in overfit.summary
+    first = overfit.values["attempts"][0]
+    assert first["learning_rate"] == pytest.approx(0.5)
+    assert first["best_loss"] < 0.5 * first["first_loss"]

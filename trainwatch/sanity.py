@@ -13,7 +13,8 @@ Three quick experiments that catch bugs before hours of training (the CS231n
 * **overfit**: a copy with regularization and dropout off, trained with a
   fresh optimizer of the same class and config, must drive the loss on ~20
   examples to near zero within a bounded number of steps (retried once with a
-  10x learning rate).
+  10x learning rate). A mixed-precision `LossScaleOptimizer` is copied around
+  a copy of its inner optimizer, whose learning rate is the one used.
 
 The user's model, its optimizer and the global random state are untouched: the
 loss is evaluated statelessly and everything that trains or changes runs on
@@ -513,8 +514,29 @@ def _compile_like(clone, model, optimizer, xs, ys):
             quick(clone)
 
 
+def _give_data_as_fit_does(clone):
+    """Hands `clone`'s train step its data the way `fit` does.
+
+    `train_on_batch` passes `(x, y, None)`, `fit` (without sample weights)
+    `(x, y)`: a custom `train_step` written `x, y = data`, a common pattern,
+    works in `fit` and fails on the former. The step is wrapped on the copy
+    only; the data is its last argument on every backend (JAX's step takes
+    the state first).
+    """
+    step = clone.train_step
+
+    def train_step(*args):
+        *state, data = args
+        if isinstance(data, (tuple, list)) and len(data) == 3 and data[2] is None:
+            data = tuple(data[:2])
+        return step(*state, data)
+
+    clone.train_step = train_step
+
+
 def _clone_stepper(clone, weights):
     """`make_step(optimizer, model, xs, ys)` training `clone` from `weights`."""
+    _give_data_as_fit_does(clone)
 
     def make_step(optimizer, model, xs, ys):
         clone.set_weights(weights)
@@ -532,6 +554,9 @@ def _private_step(optimizer, model, xs, ys):
     regularization), differentiated and applied to values that only this
     function holds; the model itself is never changed.
     """
+    # The loss is not scaled here: a mixed-precision `LossScaleOptimizer`
+    # would divide the gradients by its scale. Its inner optimizer applies them.
+    optimizer = _base_optimizer(optimizer)
     loss_fn = mf.batch_loss_function(model, xs, ys, part="data", training=False)
     non_trainable = [v.value for v in model.non_trainable_variables]
     step = get_backend().private_train_step(
@@ -540,12 +565,45 @@ def _private_step(optimizer, model, xs, ys):
     return lambda: _loss_value(step(non_trainable, xs, ys, None))
 
 
+def _base_optimizer(optimizer):
+    """The optimizer that holds the learning rate: a `LossScaleOptimizer`'s
+    (mixed precision wraps the user's optimizer in one) inner optimizer."""
+    while isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    return optimizer
+
+
+def _fresh_optimizer(optimizer, lr_factor):
+    """`(optimizer, learning_rate)`: a fresh copy of `optimizer` (see
+    `model_copy.copy_optimizer`); a `LossScaleOptimizer` is copied around a
+    fresh copy of its inner optimizer, whose learning rate is the one read
+    and scaled."""
+    if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return model_copy.copy_optimizer(optimizer, lr_factor)
+    inner, rate = _fresh_optimizer(optimizer.inner_optimizer, lr_factor)
+    config = optimizer.get_config()
+    config.pop("inner_optimizer", None)
+    return type(optimizer)(inner, **config), rate
+
+
+def _rate_label(rate, optimizer) -> str:
+    """`"lr 0.01"` for a constant rate, else what sets the rate."""
+    if rate is not None:
+        return f"lr {rate:.3g}"
+    learning_rate = getattr(_base_optimizer(optimizer), "_learning_rate", None)
+    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        return "lr schedule"
+    if callable(learning_rate):
+        return "lr callable"
+    return "lr unknown"
+
+
 def _train_attempt(
     make_step, model, xs, ys, lr_factor, steps, ratio, deadline, verbose
 ):
-    optimizer, rate = model_copy.copy_optimizer(model.optimizer, lr_factor)
+    optimizer, rate = _fresh_optimizer(model.optimizer, lr_factor)
     train_step = make_step(optimizer, model, xs, ys)
-    label = f"lr {rate:.3g}" if rate is not None else "lr schedule"
+    label = _rate_label(rate, optimizer)
     _say(verbose, f"overfitting {_length(xs)} examples ({label}, up to {steps} steps)")
     first = best = last = float("nan")
     target = None
@@ -576,6 +634,7 @@ def _train_attempt(
     )
     return {
         "learning_rate": rate,
+        "learning_rate_label": label,
         "learning_rate_factor": lr_factor,
         "steps": step,
         "first_loss": first,
@@ -587,34 +646,47 @@ def _train_attempt(
     }
 
 
+_ON_A_COPY = "a copy of the model"
+_ON_PRIVATE_WEIGHTS = "private copies of the model's weights (in inference mode)"
+
+
+def _error_text(error) -> str:
+    return f"{type(error).__name__}: {model_copy.short_error_text(error)}"
+
+
 def _check_overfit(model, x, y, subset_size, steps, ratio, boost, max_seconds, verbose):
     name = "overfit"
     n = min(subset_size, _length(x))
     xs, ys = _take(x, n), _take(y, n)
     xs, ys = mf.convert_batch(xs), mf.convert_batch(ys)
-    how = "a copy of the model"
+    steppers, problems, details = [], [], []  # why not on a copy: short, long
     try:
         clone = model_copy.without_regularizers(
             model, zero_dropout=True, sample_input=xs
         )
-        make_step = _clone_stepper(clone, model.get_weights())
+        steppers.append((_clone_stepper(clone, model.get_weights()), _ON_A_COPY))
     except model_copy.CloneUnavailable as error:
-        # Trained on private copies of its weights instead (inference mode).
-        make_step, copy_error = _private_step, model_copy.short_error_text(error)
-        how = "private copies of the model's weights (in inference mode)"
+        problems.append("the model cannot be copied")
+        details.append(f"{problems[-1]} ({model_copy.short_error_text(error)})")
+    # Without a copy, or when training the copy fails (e.g. a custom
+    # `train_step` that does not run on it): private copies of the weights,
+    # trained on the data loss in inference mode.
+    steppers.append((_private_step, _ON_PRIVATE_WEIGHTS))
     deadline = time.perf_counter() + max_seconds
     args = (model, xs, ys)
-    try:
-        attempts = [
-            _train_attempt(make_step, *args, 1.0, steps, ratio, deadline, verbose)
-        ]
-    except Exception as error:
-        if make_step is not _private_step:
-            raise
-        reason = f"{copy_error}; weights alone: {model_copy.short_error_text(error)}"
-        return CheckResult(
-            name, SKIPPED, f"model cannot be copied: skipped ({reason})", {}, ()
-        )
+    for make_step, how in steppers:
+        try:
+            attempts = [
+                _train_attempt(make_step, *args, 1.0, steps, ratio, deadline, verbose)
+            ]
+            break
+        except Exception as error:
+            problems.append(f"training {how} failed ({_error_text(error)})")
+            details.append(problems[-1])
+            _say(verbose, f"  {problems[-1]}")
+    else:
+        summary = f"could not train the model: skipped ({'; '.join(details)})"
+        return CheckResult(name, SKIPPED, summary, {"problems": details}, ())
     boostable = attempts[0]["learning_rate"] is not None and boost and boost != 1
     if not attempts[0]["reached"] and boostable and time.perf_counter() < deadline:
         attempts.append(
@@ -624,16 +696,11 @@ def _check_overfit(model, x, y, subset_size, steps, ratio, boost, max_seconds, v
     values = {"examples": n, "attempts": attempts, "trained": how}
     values.update({k: final[k] for k in ("first_loss", "last_loss", "target", "steps")})
     tried = " then ".join(
-        f"{a['steps']} steps at "
-        + (
-            f"lr {a['learning_rate']:.3g}"
-            if a["learning_rate"] is not None
-            else "lr schedule"
-        )
-        for a in attempts
+        f"{a['steps']} steps at {a['learning_rate_label']}" for a in attempts
     )
-    if make_step is _private_step:
-        tried += " (on private copies of its weights: the model cannot be copied)"
+    if problems:
+        values["problems"] = details
+        tried += f" (on private copies of its weights: {'; '.join(problems)})"
     if final["reached"]:
         summary = (
             f"loss {final['first_loss']:.4g} -> {final['last_loss']:.4g} (target "
@@ -729,8 +796,12 @@ def sanity_check(
        times `learning_rate_boost` if not).
 
     The model's weights, optimizer and the global random state are untouched.
-    Checks that need a copy of a model that cannot be copied (a subclassed
-    model without `get_config`) are skipped, with the reason.
+    The copy's train step gets its data as `fit` gives it (`(x, y)`). Where
+    the model cannot be copied (a subclassed model without `get_config`) or
+    training its copy fails (e.g. a custom `train_step` that does not run on
+    the copy), the `overfit` check trains private copies of the weights on
+    the data loss in inference mode instead, and says so; a check that
+    cannot run at all is skipped, with the reason.
 
     Args:
         model: A built, compiled Keras model.

@@ -469,13 +469,22 @@ def underfitting(
     poor_score=0.6,
     small_gap=0.05,
     min_epochs=3,
+    window=3,
+    min_progress=0.05,
 ) -> Finding | None:
     """Flags a training score that stays poor with little train/validation gap.
 
-    Meant for the end of training: early epochs are naturally poor.
+    Early epochs are naturally poor, so a poor score is judged only once it
+    has stopped improving: after `min_epochs` epochs, when its recent gain
+    per epoch (the slope of a line through the last `window` scores) is
+    below `min_progress` of what is left to a perfect score of 1. A score
+    still rising faster is early in training, not underfitting: at the
+    default 0.05, closing what is left would take more than 20 epochs at the
+    recent pace before the rule speaks.
 
     Args:
-        train_scores: Training accuracy (higher is better) per epoch.
+        train_scores: Training accuracy (higher is better, at most 1) per
+            epoch; `None` or non-finite where missing.
         val_scores: Validation accuracy per epoch, or `()` without validation.
             Defaults to `()`.
         metric: Name of the score, for the message. Defaults to `"accuracy"`.
@@ -486,19 +495,34 @@ def underfitting(
         small_gap: Largest train/validation gap that counts as little.
             Defaults to `0.05`.
         min_epochs: Epochs before judging. Defaults to `3`.
+        window: Latest scores whose trend is the recent gain (at least 2).
+            Defaults to `3`.
+        min_progress: Recent gain per epoch, as a fraction of what is left to
+            a perfect score, from which the score counts as still improving.
+            Defaults to `0.05`.
 
     Returns:
         An `underfitting` warning, or `None`.
 
     Example:
 
-    >>> underfitting([0.2, 0.3, 0.35], [0.2, 0.3, 0.34]).code
+    >>> underfitting([0.3, 0.34, 0.35], [0.3, 0.33, 0.34]).code  # flat and poor
     'underfitting'
+    >>> underfitting([0.2, 0.3, 0.4], [0.2, 0.3, 0.4]) is None  # still rising
+    True
     """
-    train = _finite(train_scores)
-    if train.size < min_epochs or train[-1] >= poor_score:
+    scores = np.asarray(
+        [np.nan if v is None else v for v in train_scores], dtype=np.float64
+    )
+    epochs = np.flatnonzero(np.isfinite(scores))
+    if epochs.size < min_epochs or scores[epochs[-1]] >= poor_score:
         return None
-    last = float(train[-1])
+    last = float(scores[epochs[-1]])
+    recent = epochs[-max(int(window), 2) :]
+    gain = linear_trend(scores[recent], recent).slope
+    left = max(1.0 - last, 1e-12)
+    if gain >= min_progress * left:
+        return None
     val = _finite(val_scores)
     if val.size:
         gap = last - float(val[-1])
@@ -510,8 +534,10 @@ def underfitting(
     return Finding(
         "underfitting",
         "warning",
-        f"After {train.size} epochs the training {metric} is only {last:.4g} "
-        f"(below {poor_score:g}; {detail}).",
+        f"After {epochs.size} epochs the training {metric} is only {last:.4g} "
+        f"(below {poor_score:g}; {detail}) and has stopped improving: "
+        f"{gain:+.3g} per epoch over the last {recent.size} epochs, "
+        f"{gain / left:.1%} of what is left to 1 (below {min_progress:.0%}).",
         UNDERFITTING_ADVICE,
         step=step,
         epoch=epoch,
