@@ -482,3 +482,56 @@ def test_records_read_back_by_tensorboards_own_reader(tmp_path):
     reader.GetNext(), reader.GetNext()
     with pytest.raises(errors.DataLossError):
         reader.GetNext()
+
+
+def _records_and_stored_crcs(path):
+    data = open(path, "rb").read()
+    offset = 0
+    while offset < len(data):
+        length = int.from_bytes(data[offset : offset + 8], "little")
+        record = data[offset + 12 : offset + 12 + length]
+        stored = data[offset + 12 + length : offset + 16 + length]
+        yield record, int.from_bytes(stored, "little")
+        offset += 16 + length
+
+
+def test_repeated_scalar_layouts_get_the_crc_of_their_own_bytes(tmp_path):
+    # Events of a layout seen before take their CRC from a template of it:
+    # every one must still be the CRC of its own bytes (steps of each varint
+    # length, negative ones, the same tags with and without metadata).
+    from trainwatch.tensorboard.records import masked_crc32c
+
+    rng = np.random.default_rng(0)
+    steps = [0, 1, 2, 127, 128, 300, 2**14, 2**21 + 5, 2**40, -1, -7, 3, 3]
+    with SummaryWriter(tmp_path) as writer:
+        for step in steps * 3:
+            values = {"epoch_loss": rng.normal(), "gap/loss": rng.normal() * 1e30}
+            writer.scalars(values, step)
+            writer.scalar("epoch_loss", rng.uniform(), step)
+        path = writer.path
+    records = list(_records_and_stored_crcs(path))
+    assert len(records) == 1 + 2 * 3 * len(steps)
+    for record, stored in records:
+        assert stored == masked_crc32c(record)
+    read = read_events(str(tmp_path))["."].scalars["epoch_loss"]
+    assert sorted(e.step for e in read) == sorted(steps * 6)
+
+
+def test_template_crc_is_the_crc_of_the_data():
+    from trainwatch.tensorboard.records import TemplateCrc32c, crc32c
+
+    rng = np.random.default_rng(1)
+    for length in (1, 9, 150, 1024):
+        template = rng.integers(0, 256, length, np.uint8).tobytes()
+        positions = sorted(rng.choice(length, min(length, 12), replace=False))
+        crc = TemplateCrc32c(template, positions)
+        assert crc(template) == crc32c(template)
+        for _ in range(50):
+            data = bytearray(template)
+            for p in positions:
+                data[p] = int(rng.integers(0, 256))
+            assert crc(bytes(data)) == crc32c(bytes(data))
+    with pytest.raises(ValueError, match="at most 1024 bytes"):
+        TemplateCrc32c(b"x" * 1025, [0])
+    with pytest.raises(ValueError, match="Positions must lie"):
+        TemplateCrc32c(b"xy", [2])

@@ -234,7 +234,7 @@ class LossCurve(Monitor):
         ):
             self._drain()
 
-    def _drain(self):
+    def _drain(self, flush=True):
         try:
             with self._lock:
                 items = []
@@ -244,12 +244,15 @@ class LossCurve(Monitor):
                 if not self._take_in_run(items):
                     for batch, loss in items:
                         self._batch_end(int(batch), _number(loss))
-            self.context.flush()  # readable at once (a no-op if nothing written)
+            if flush:  # readable at once (a no-op if nothing was written)
+                self.context.flush()
         except Exception as error:  # never crash training
             self.guard("batch_end", _reraise, error)
 
     def epoch_end(self, epoch, logs):
-        self._drain()  # Keras has run every batch hook of the epoch by now
+        # Keras has run every batch hook of the epoch by now; `guard` flushes
+        # once what this hook writes (one system call fewer an epoch).
+        self._drain(flush=False)
         writer = self.context.writer("train")
         val_writer = None
         g = self._global_epoch if self._global_epoch >= 0 else int(epoch)

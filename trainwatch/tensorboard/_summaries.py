@@ -138,6 +138,34 @@ def event_bytes(wall_time, step, summary):
     )
 
 
+def scalar_event_positions(event, frames):
+    """Indices of the bytes of a scalars event that vary between its events.
+
+    `event` is `event_bytes(wall_time, step, summary)` of a summary made of
+    `head + float32_bytes(value) + tail` for each `(head, tail)` in `frames`;
+    other events of the same frames and the same step length differ from it
+    only in the wall time, the step and the numbers.
+
+    Example:
+        >>> frames = [scalar_value_frame("loss", with_metadata=False)]
+        >>> event = event_bytes(1.5, 7, frames[0][0] + float32_bytes(2.0))
+        >>> positions = scalar_event_positions(event, frames)
+        >>> list(positions[:9]), len(positions)  # wall time, step, the number
+        ([1, 2, 3, 4, 5, 6, 7, 8, 10], 13)
+    """
+    summary_length = sum(len(head) + 4 + len(tail) for head, tail in frames)
+    start = len(event) - summary_length  # where the summary begins
+    step_end = start - 1 - len(_varint(summary_length))  # before b"\x2a", length
+    positions = list(range(1, 9))  # the wall time's 8 bytes
+    positions += range(10, step_end)  # the step's varint
+    offset = start
+    for head, tail in frames:
+        offset += len(head)
+        positions += range(offset, offset + 4)
+        offset += 4 + len(tail)
+    return positions
+
+
 def _frames_match_protos():
     """Whether the byte pieces above give what protobuf serializes (checked once)."""
     from tensorboard.compat.proto import event_pb2

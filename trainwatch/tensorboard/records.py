@@ -24,7 +24,7 @@ import struct
 
 import numpy as np
 
-__all__ = ["RecordFileWriter", "crc32c", "masked_crc32c"]
+__all__ = ["RecordFileWriter", "TemplateCrc32c", "crc32c", "masked_crc32c"]
 
 _POLYNOMIAL = 0x82F63B78  # CRC-32C (Castagnoli), reflected
 _MASK_DELTA = 0xA282EAD8
@@ -136,8 +136,73 @@ def _crc32c_numpy(data: bytes) -> int:
 
 def masked_crc32c(data: bytes) -> int:
     """The masked CRC-32C TFRecord stores (rotated right by 15, plus a constant)."""
-    crc = crc32c(data)
+    return _mask(crc32c(data))
+
+
+def _mask(crc: int) -> int:
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+class TemplateCrc32c:
+    """The CRC-32C of data that differ from a template only at known positions.
+
+    Events of the same scalars (a metric per epoch, the update ratios of a
+    model) are the same bytes but for the wall time, the step and the
+    numbers. The CRC is linear: for data of the template's length,
+    `crc(data) = crc(template) ^ raw(data ^ template)`, where `raw` (no
+    initial or final inversion) of bytes that are zero but at a few
+    positions is one table lookup per differing byte. An event of four
+    scalars then costs ~2 µs instead of ~15 µs.
+
+    Args:
+        template: Data of the layout, at most 1024 bytes.
+        positions: Indices of the bytes that may differ in later data.
+
+    Raises:
+        ValueError: If `template` is longer than 1024 bytes or a position
+            lies outside it.
+
+    Example:
+
+    >>> crc = TemplateCrc32c(b"step=0001;", positions=range(5, 9))
+    >>> crc(b"step=0042;") == crc32c(b"step=0042;")
+    True
+    """
+
+    def __init__(self, template: bytes, positions):
+        length = len(template)
+        positions = tuple(positions)
+        if length > _BLOCK:
+            raise ValueError(
+                f"A template holds at most {_BLOCK} bytes. "
+                f"Received: len(template)={length}"
+            )
+        if any(not 0 <= p < length for p in positions):
+            raise ValueError(
+                f"Positions must lie in the template (0 to {length - 1}). "
+                f"Received: positions={positions}"
+            )
+        shares, _ = _distance_tables()
+        self.template = bytes(template)
+        self.length = length
+        self.crc = crc32c(self.template)
+        self._positions = positions
+        # A byte `d` from the end is in row `_BLOCK - 1 - d` of the shares.
+        first_row = _BLOCK - length
+        self._rows = tuple(
+            shares[(first_row + p) * 256 : (first_row + p + 1) * 256].tolist()
+            for p in positions
+        )
+
+    def __call__(self, data: bytes) -> int:
+        """The CRC-32C of `data`: the template's length, other bytes equal."""
+        template = self.template
+        crc = self.crc
+        for position, row in zip(self._positions, self._rows):
+            delta = data[position] ^ template[position]
+            if delta:
+                crc ^= row[delta]
+        return crc
 
 
 @functools.lru_cache(maxsize=4096)
@@ -165,8 +230,14 @@ class RecordFileWriter:
     def __init__(self, file):
         self._file = file
 
-    def write(self, data: bytes) -> None:
-        """Appends one record holding `data`."""
-        self._file.write(
-            _header(len(data)) + data + struct.pack("<I", masked_crc32c(data))
-        )
+    def write(self, data: bytes, crc: int | None = None) -> None:
+        """Appends one record holding `data`.
+
+        Args:
+            data: The record's bytes.
+            crc: The CRC-32C of `data` if already known (unmasked), e.g. from
+                a `TemplateCrc32c`. Defaults to `None`: computed here.
+        """
+        if crc is None:
+            crc = crc32c(data)
+        self._file.write(_header(len(data)) + data + struct.pack("<I", _mask(crc)))

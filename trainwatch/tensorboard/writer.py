@@ -22,11 +22,16 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 
 from trainwatch.tensorboard import _summaries
 from trainwatch.tensorboard.png import encode_png, to_uint8
-from trainwatch.tensorboard.records import RecordFileWriter
+from trainwatch.tensorboard.records import RecordFileWriter, TemplateCrc32c
 
 __all__ = ["SummaryWriter"]
 
 _file_counter = itertools.count()
+# Scalars events of a layout seen before get their CRC from its template
+# (`_scalars_crc`), kept for this many layouts (all writers), of events this long.
+_MAX_TEMPLATES = 512
+_MAX_TEMPLATE_BYTES = 1024
+_crc_templates: dict = {}  # layout -> first event's bytes, then its template
 
 
 class SummaryWriter:
@@ -150,12 +155,14 @@ class SummaryWriter:
                 self._open()
             seen = self._tags_with_metadata
             parts = []
+            frames = []
             for tag, value in pairs:
                 head, tail = frame(tag, tag not in seen)
                 seen.add(tag)
                 parts += (head, pack(value), tail)
+                frames.append((head, tail))
             event = _summaries.event_bytes(time.time(), step, b"".join(parts))
-            self._write_record(event)
+            self._write_record(event, _scalars_crc(event, frames, step))
 
     def histogram(self, tag, values, step, buckets=30):
         """Writes a histogram of the finite `values` (any shape, flattened).
@@ -328,9 +335,9 @@ class SummaryWriter:
             event = event_pb2.Event(wall_time=time.time(), step=step, summary=summary)
             self._write_record(event.SerializeToString())
 
-    def _write_record(self, data):
+    def _write_record(self, data, crc=None):
         """Appends one serialized event (the file is open, the lock held)."""
-        self._guarded(self._records.write, data)
+        self._guarded(self._records.write, data, crc)
         self._unflushed = True
         if time.monotonic() - self._last_flush >= self._flush_secs:
             self.flush()
@@ -365,6 +372,34 @@ class SummaryWriter:
                 f"Could not write the TensorBoard event file {self._path}: {error}. "
                 f"Received: log_dir={self._log_dir!r}"
             ) from error
+
+
+def _scalars_crc(event, frames, step):
+    """The CRC-32C of a scalars event, or `None` to compute it in full.
+
+    Events of the same tags (and step length) differ only in the wall time,
+    the step and the numbers: from a layout's second event on, the CRC comes
+    from a `records.TemplateCrc32c` of it (~2 µs instead of ~15 µs for four
+    scalars). Its tables take ~0.1 ms to build, so a layout seen once (a
+    table, a one-off scalar) never pays for them. The layouts are shared by
+    all writers: a new callback's epoch metrics are the last one's.
+    """
+    key = (tuple(frames), step.bit_length())
+    seen = _crc_templates.get(key)
+    if isinstance(seen, TemplateCrc32c):
+        if seen.length == len(event):  # same step length (negative steps vary)
+            return seen(event)
+        return None
+    if len(event) > _MAX_TEMPLATE_BYTES:
+        return None
+    if seen is None or len(seen) != len(event):
+        if len(_crc_templates) >= _MAX_TEMPLATES:
+            _crc_templates.clear()
+        _crc_templates[key] = event  # the first sighting: computed in full
+        return None
+    template = TemplateCrc32c(seen, _summaries.scalar_event_positions(seen, frames))
+    _crc_templates[key] = template
+    return template(event)
 
 
 def _check_can_be_directory(log_dir):
