@@ -9,6 +9,7 @@ from trainwatch.numerics.relative_error import (
     THRESHOLDS,
     band,
     combine_verdicts,
+    confirm_verdict,
     judge_line,
     relative_error,
     vector_relative_error,
@@ -151,6 +152,72 @@ def test_smooth_functions_show_no_kink(f, g):
         noise = fd.estimate_noise([line.fourth_difference], abs(f(x)), EPS)
         assert not fd.detect_kink(line, max(noise, 4 * EPS * abs(f(x))))
         assert judge(line, 4 * EPS * abs(f(x))) == "ok"
+
+
+def confirmed(f, x, g, h, noise):
+    """`judge` at step h, then `confirm_verdict` with the same line at h / SHRINK."""
+    verdicts = []
+    lines = [sample_line(f, x, np.ones(1), g, s) for s in (h, h / fd.SHRINK)]
+    for line in lines:
+        estimated = line.truncation + 3 * fd.roundoff_error(noise, line.step)
+        verdicts.append((judge(line, noise), line.error, estimated))
+    (verdict, error, estimated), (_, small_error, small_estimated) = verdicts
+    return confirm_verdict(
+        verdict, "", error, estimated, (small_error, small_estimated)
+    )
+
+
+def test_a_mismatch_from_a_kink_near_the_point_does_not_persist():
+    """A ReLU kink at 2h/3: the fourth difference misses it, the slope does not."""
+    h = 1e-4
+    f = lambda v: float(max(v[0] - 2 / 3 * h, 0.0) + np.sin(v[0]))  # noqa: E731
+    g = np.cos(np.zeros(1))  # the slope on this side of the kink: right
+    assert judge(sample_line(f, np.zeros(1), np.ones(1), g, h), EPS) == "wrong"
+    verdict, reason = confirmed(f, np.zeros(1), g, h, EPS)
+    assert verdict == "inconclusive" and "kink" in reason
+
+
+@pytest.mark.parametrize("noise", [EPS, 1e-7])
+def test_a_wrong_gradient_stays_wrong_at_a_smaller_step(noise):
+    f = lambda v: float(np.sin(v).sum())  # noqa: E731
+    x = np.array([0.5])
+    h = 1e-5 if noise == EPS else 1e-2
+    thresholds = F64 if noise == EPS else THRESHOLDS["float32"]
+    for factor in (2.0, 0.5, 1.01 if noise == EPS else 0.5):
+        g = factor * np.cos(x)
+        verdict = judge(sample_line(f, x, np.ones(1), g, h), noise, thresholds)
+        assert verdict == "wrong"
+        assert confirmed(f, x, g, h, noise)[0] == "wrong"
+
+
+def test_confirm_verdict_keeps_ok_lines_and_needs_the_same_sign():
+    assert confirm_verdict("ok", "r", 1.0, 1e-3, (0.0, 1e-3)) == ("ok", "r")
+    assert confirm_verdict("wrong", "r", 1.0, 1e-3, (1.0, 1e-3)) == ("wrong", "r")
+    assert confirm_verdict("wrong", "r", 1.0, 1e-3, (-1.0, 1e-3))[0] == "inconclusive"
+    assert confirm_verdict("wrong", "r", 1.0, 1e-3, (0.3, 1e-3))[0] == "inconclusive"
+
+
+def test_round_off_does_not_shrink_with_the_step_kinks_do():
+    h = 1e-4
+    t = np.array(fd.OFFSETS)
+
+    def relu_line(step, at):
+        return fd.analyze_line(np.maximum(t * step - at * h, 0), 0 * t, step)
+
+    for at in (0.0, 0.3, 0.6, -1.2, 1.7):
+        big = [relu_line(h, at).fourth_difference]
+        small = [relu_line(h / fd.SHRINK, at).fourth_difference]
+        assert not fd.roundoff_not_kinks(big, small), at
+    rng = np.random.default_rng(0)
+    weights = np.array([1.0, -4.0, 6.0, -4.0, 1.0])
+    misread = 0
+    for _ in range(200):  # pure noise, five lines at each step
+        big, small = rng.normal(size=(2, 5, 5)) @ weights
+        misread += not fd.roundoff_not_kinks(big, small)
+    assert misread <= 4
+    assert not fd.roundoff_not_kinks([0.0], [0.0])
+    with pytest.raises(ValueError, match="as many"):
+        fd.roundoff_not_kinks([1.0, 2.0], [1.0])
 
 
 # -- noise -------------------------------------------------------------------

@@ -15,10 +15,17 @@ beyond that error is a bug; a kink (ReLU, max-pool, hinge, max) crossed by the
 probe is reported as inconclusive, not as a bug. The data loss and the
 regularization loss are checked apart.
 
+Every mismatch is measured again at an eighth of the step before it is called
+wrong or suspicious: a wrong gradient is wrong at any step, a mismatch made by
+a kink near the point is not. A variable whose loss carries far more round-off
+than the rest of the model (a layer on its path computing in float32) is told
+from one that crosses kinks the same way, and said so in a note.
+
 When the model cannot be rebuilt in float64 (e.g. an unregistered custom layer
 or a subclassed model without `get_config`), the check runs in float32 on the
-user's own model (stateless: nothing changes), with a larger step and wider
-bands, and says so with a `gradient_check_imprecise` finding.
+user's own model (stateless: nothing changes), with a float32 step (1e-2
+relative) and bands of what float32 resolves (nothing below 3e-2 is reported,
+wrong from 1e-1), and says so with a `gradient_check_imprecise` finding.
 
 Example:
 
@@ -51,6 +58,7 @@ from trainwatch.numerics import gradcheck_sampling as sampling
 from trainwatch.numerics.relative_error import (
     THRESHOLDS,
     combine_verdicts,
+    confirm_verdict,
     judge_line,
     relative_error,
 )
@@ -76,6 +84,7 @@ _ROUNDOFF_SIGMAS = 3.0  # round-off part of a line's error estimate, in std devs
 _MIN_LINES_FOR_OWN_NOISE = 4
 _NOISE_CAP = 30.0  # a variable's round-off is at most this times the model's
 _TINY_GRADIENT = 1e-10
+_ROUNDOFF_REASON = "round-off far above float64's"
 # Compile the loss for the check's forward passes when running them eagerly
 # would take longer than this. Tracing a `tf.function` without AutoGraph
 # costs ~0.05 s for the digits MLP, then a pass takes 0.7 ms instead of 2.5
@@ -365,7 +374,9 @@ def check_gradients(
         directions: Random directions probed per variable (each covers the
             whole variable). Defaults to `1`.
         relative_step: Step relative to each variable's RMS value. Defaults to
-            `None`: 1e-6 in float64, 1e-2 in float32.
+            `None`: 3e-5 in float64, 1e-2 in float32. With `precision="auto"`
+            it applies to the float64 check only: a fallback on float32 uses
+            the float32 step (round-off would swamp a float64 one).
         precision: `"auto"` (float64, or float32 when the model cannot be
             rebuilt in float64), `"float64"` (raise if impossible) or
             `"float32"` (check the model as it is). Defaults to `"auto"`.
@@ -417,9 +428,15 @@ def check_gradients(
                 reason = _short_reason(error)
                 message = (
                     f"No float64 check possible ({reason}). The check ran in "
-                    "float32 on the model itself: only errors above ~1e-2 can "
-                    "be told apart from round-off."
+                    f"float32 on the model itself: {_float32_caveat()}"
                 )
+                if relative_step is not None:
+                    message += (
+                        f" The step asked for (relative_step={relative_step}) "
+                        "was meant for float64; float32 used its own "
+                        f"({_RELATIVE_STEP['float32']})."
+                    )
+                    relative_step = None  # round-off would swamp a float64 step
         if result is None:
             result = _run(
                 model, model, x, y, sample_weight, "float32", relative_step, **options
@@ -427,7 +444,7 @@ def check_gradients(
             if not message:
                 message = (
                     "The check ran in float32 as asked (precision='float32'): "
-                    "only errors above ~1e-2 can be told apart from round-off."
+                    f"{_float32_caveat()}"
                 )
             result.message = (message + " " + result.message).strip()
             result.findings.insert(
@@ -445,6 +462,16 @@ def check_gradients(
     result.examples = examples
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _float32_caveat() -> str:
+    bands = THRESHOLDS["float32"]
+    return (
+        "float32 finite differences resolve relative errors of ~1e-2 at best, "
+        f"so mismatches below {bands.suspicious:g} are not reported and a "
+        f"gradient is called wrong from {bands.wrong:g} on (one off by a "
+        "factor 2 is at 0.5)."
+    )
 
 
 def _short_reason(error) -> str:
@@ -632,81 +659,203 @@ def _run(
     checks = []
     findings = []
     for variable, record in zip(variables, probed):
-        check = _judge_variable(variable, record, pooled, loss, eps, thresholds)
+        check = _judge_variable(
+            variable, record, pooled, loss, eps, thresholds, precision
+        )
         checks.append(check)
         findings += _variable_findings(check, precision)
     return GradientCheckResult(checks, precision, findings, loss=loss)
 
 
+class _Probe(NamedTuple):
+    """One line through a variable's value: a coordinate axis or a direction."""
+
+    kind: str  # "coordinate" or "direction"
+    index: tuple | None  # the coordinate, for a coordinate line
+    direction: np.ndarray | None  # the direction, for a direction line
+
+
+class _LineSampler:
+    """Loss parts along one variable's probe lines, at any step.
+
+    Every line is sampled at `t = -2h, -h, 0, h, 2h`; the same line can be
+    sampled again at a smaller step (`measure(position, step)`) to tell a
+    kink or round-off from a wrong gradient.
+    """
+
+    def __init__(self, evaluator, index, grads, base):
+        self._evaluator = evaluator
+        self._index = index
+        self._grads = grads
+        self._base = base
+        self.theta32 = evaluator.arrays[index]  # working dtype
+        self.theta = self.theta32.astype(np.float64, copy=False)
+        self.probes = []
+        self._cache = {}
+
+    def measure(self, position, step) -> dict:
+        """`{part: LineEstimate}` of probe `position` with step `step`."""
+        key = (position, float(step))
+        if key not in self._cache:
+            probe = self.probes[position]
+            if probe.kind == "coordinate":
+                self._cache[key] = self._coordinate(probe.index, step)
+            else:
+                self._cache[key] = self._direction(probe.direction, step)
+        return self._cache[key]
+
+    def _point(self, array):
+        return dict(
+            zip(("data", "regularization"), self._evaluator(self._index, array))
+        )
+
+    def _coordinate(self, coordinate, step):
+        theta, work = self.theta, self.theta32.copy()
+        values = {part: [0.0] * 5 for part in self._grads}
+        offsets = [0.0] * 5
+        for slot, multiple in enumerate(fd.OFFSETS):
+            point = self._base
+            if multiple != 0:
+                work[coordinate] = theta[coordinate] + multiple * step
+                offsets[slot] = float(work[coordinate]) - theta[coordinate]
+                point = self._point(work)
+            for part in values:
+                values[part][slot] = point[part]
+        half = (offsets[3] - offsets[1]) / 2.0 or step
+        estimates = {}
+        for part, grad in self._grads.items():
+            slope = 0.0 if grad is None else float(grad[coordinate])
+            linear = [slope * t for t in offsets]
+            estimates[part] = fd.analyze_line(values[part], linear, half)
+        return estimates
+
+    def _direction(self, direction, step):
+        theta = self.theta
+        values = {part: [0.0] * 5 for part in self._grads}
+        linear = {part: [0.0] * 5 for part in self._grads}
+        for slot, multiple in enumerate(fd.OFFSETS):
+            point = self._base
+            if multiple != 0:
+                moved = theta + (multiple * step) * direction
+                moved = moved.astype(self.theta32.dtype, copy=False)
+                applied = moved.astype(np.float64, copy=False) - theta
+                point = self._point(moved)
+                for part, grad in self._grads.items():
+                    if grad is not None:
+                        linear[part][slot] = float(np.vdot(grad, applied))
+            for part in values:
+                values[part][slot] = point[part]
+        return {
+            part: fd.analyze_line(values[part], linear[part], step)
+            for part in self._grads
+        }
+
+
 def _probe_variable(
     evaluator, index, parts, loss, rel, min_scale, coordinates, directions, rng
 ):
-    theta32 = evaluator.arrays[index]  # working dtype
-    theta = theta32.astype(np.float64, copy=False)
-    step = fd.choose_step(theta, rel, min_scale)
     grads = {}
     for part, grad in parts.items():
         grads[part] = None if grad is None else np.asarray(grad, dtype=np.float64)
+    base = {"data": loss.data, "regularization": loss.regularization}
+    sampler = _LineSampler(evaluator, index, grads, base)
+    step = fd.choose_step(sampler.theta, rel, min_scale)
     ranking = grads.get("data")
     if ranking is None or not np.any(ranking):
         ranking = grads.get("regularization")
     top = coordinates // 2
     if ranking is None or not np.any(ranking):  # no gradient: random picks only
-        ranking, top = np.zeros(theta.shape), 0
+        ranking, top = np.zeros(sampler.theta.shape), 0
     picks = sampling.choose_coordinates(ranking, top, coordinates - top, rng)
-    base = (loss.data, loss.regularization)
-    lines = {part: [] for part in parts}
-    work = theta32.copy()
-    for coordinate in picks:
-        values = {part: [0.0] * 5 for part in parts}
-        offsets = [0.0] * 5
-        for slot, multiple in enumerate(fd.OFFSETS):
-            if multiple == 0:
-                point = base
-            else:
-                work[coordinate] = theta[coordinate] + multiple * step
-                offsets[slot] = float(work[coordinate]) - theta[coordinate]
-                point = evaluator(index, work)
-            for p, part in enumerate(("data", "regularization")):
-                if part in values:
-                    values[part][slot] = point[p]
-        work[coordinate] = theta32[coordinate]
-        half = (offsets[3] - offsets[1]) / 2.0 or step
-        for part, grad in grads.items():
-            slope = 0.0 if grad is None else float(grad[coordinate])
-            linear = [slope * t for t in offsets]
-            estimate = fd.analyze_line(values[part], linear, half)
-            lines[part].append((("coordinate", coordinate), estimate))
+    sampler.probes += [_Probe("coordinate", c, None) for c in picks]
     for _ in range(directions):
-        direction = sampling.random_direction(theta.shape, rng)
-        values = {part: [0.0] * 5 for part in parts}
-        linear = {part: [0.0] * 5 for part in parts}
-        for slot, multiple in enumerate(fd.OFFSETS):
-            if multiple == 0:
-                point = base
-            else:
-                moved = theta + (multiple * step) * direction
-                moved = moved.astype(theta32.dtype, copy=False)
-                applied = moved.astype(np.float64, copy=False) - theta
-                point = evaluator(index, moved)
-                for part, grad in grads.items():
-                    if grad is not None:
-                        linear[part][slot] = float(np.vdot(grad, applied))
-            for p, part in enumerate(("data", "regularization")):
-                if part in values:
-                    values[part][slot] = point[p]
-        for part in parts:
-            estimate = fd.analyze_line(values[part], linear[part], step)
-            lines[part].append((("direction", None), estimate))
+        direction = sampling.random_direction(sampler.theta.shape, rng)
+        sampler.probes.append(_Probe("direction", None, direction))
+    lines = {part: [] for part in parts}
+    for position, probe in enumerate(sampler.probes):
+        for part, estimate in sampler.measure(position, step).items():
+            lines[part].append(((probe.kind, probe.index), estimate))
     return {
         "step": step,
         "coordinates": picks,
         "grads": grads,
         "lines": lines,
+        "sampler": sampler,
     }
 
 
-def _judge_variable(variable, record, pooled, loss, eps, thresholds):
+class _Judged(NamedTuple):
+    verdict: str
+    reason: str
+    kink: bool
+    estimated: float  # absolute error estimate
+
+
+def _estimated_error(estimate, noise) -> float:
+    """A line's absolute error estimate: truncation plus round-off."""
+    roundoff = fd.roundoff_error(noise, estimate.step)
+    return estimate.truncation + _ROUNDOFF_SIGMAS * roundoff
+
+
+def _judge_estimate(estimate, noise, thresholds) -> _Judged:
+    estimated = _estimated_error(estimate, noise)
+    kink = fd.detect_kink(estimate, noise)
+    explained = kink and fd.kink_explains(estimate, thresholds.significance * estimated)
+    verdict, reason = judge_line(
+        estimate.analytic,
+        estimate.numeric,
+        estimate.error,
+        estimated,
+        kink,
+        explained,
+        thresholds,
+    )
+    return _Judged(verdict, reason, kink, estimated)
+
+
+def _judge_part(part, lines, sampler, step, noise, own_noise, thresholds, float64):
+    """Verdicts on one loss part's lines of one variable.
+
+    Returns `(judged, roundoff)`: a `_Judged` per line, and, in a float64
+    check, the variable's own round-off when it is far above the model's and
+    was read as kinks (a layer computing in float32 on its path), else `None`.
+    """
+    judged = [_judge_estimate(estimate, noise, thresholds) for _, estimate in lines]
+    smaller = step / fd.SHRINK
+    roundoff = None
+    kinked = [i for i, j in enumerate(judged) if j.kink and j.verdict != "ok"]
+    suspect = float64 and own_noise > noise
+    if suspect and len(kinked) >= 2 and 2 * len(kinked) >= len(lines):
+        # Mostly "kinks" at a variable whose loss is noisier than the model's:
+        # if nothing shrinks with the step, it is round-off (a layer on its
+        # path computing in float32), not kinks.
+        big = [lines[i][1].fourth_difference for i in kinked]
+        small = [sampler.measure(i, smaller)[part].fourth_difference for i in kinked]
+        if fd.roundoff_not_kinks(big, small):
+            roundoff = own_noise
+            judged = [
+                _judge_estimate(estimate, roundoff, thresholds) for _, estimate in lines
+            ]
+    confirmed = []
+    for position, ((_, estimate), line) in enumerate(zip(lines, judged)):
+        if line.verdict in ("wrong", "suspicious"):
+            again = sampler.measure(position, smaller)[part]
+            verdict, reason = confirm_verdict(
+                line.verdict,
+                line.reason,
+                estimate.error,
+                line.estimated,
+                (again.error, _estimated_error(again, roundoff or noise)),
+            )
+            if verdict != line.verdict:
+                line = _Judged(verdict, reason, True, line.estimated)
+        if roundoff is not None and line.verdict == "inconclusive":
+            line = line._replace(reason=_ROUNDOFF_REASON, kink=False)
+        confirmed.append(line)
+    return confirmed, roundoff
+
+
+def _judge_variable(variable, record, pooled, loss, eps, thresholds, precision):
     path = variable.path
     layer = path.rsplit("/", 1)[0] if "/" in path else path
     all_lines = []
@@ -725,24 +874,16 @@ def _judge_variable(variable, record, pooled, loss, eps, thresholds):
             noise = max(noise, overall)
         # A variable whose every probe crosses a kink (a bias at a ReLU's
         # corner) would read the kinks as noise: cap it by the whole model's.
+        own_noise = noise
         noise = min(noise, _NOISE_CAP * overall)
-        for position, ((kind, index), estimate) in enumerate(lines):
-            roundoff = fd.roundoff_error(noise, estimate.step)
-            estimated = estimate.truncation + _ROUNDOFF_SIGMAS * roundoff
-            kink = fd.detect_kink(estimate, noise)
-            explained = kink and fd.kink_explains(
-                estimate, thresholds.significance * estimated
-            )
-            verdict, reason = judge_line(
-                estimate.analytic,
-                estimate.numeric,
-                estimate.error,
-                estimated,
-                kink,
-                explained,
-                thresholds,
-            )
-            if kink:
+        judged, roundoff = _judge_part(
+            part, lines, record["sampler"], record["step"], noise, own_noise,
+            thresholds, precision == "float64",
+        )  # fmt: skip
+        for position, (((kind, index), estimate), line) in enumerate(
+            zip(lines, judged)
+        ):
+            if line.kink:
                 kinks.add(position)
             scale = max(abs(estimate.analytic), abs(estimate.numeric))
             all_lines.append(
@@ -753,13 +894,17 @@ def _judge_variable(variable, record, pooled, loss, eps, thresholds):
                     analytic=estimate.analytic,
                     numeric=estimate.numeric,
                     relative_error=relative_error(estimate.analytic, estimate.numeric),
-                    estimated_error=estimated / scale if scale else 0.0,
-                    kink=kink,
-                    verdict=verdict,
-                    reason=reason,
+                    estimated_error=line.estimated / scale if scale else 0.0,
+                    kink=line.kink,
+                    verdict=line.verdict,
+                    reason=line.reason,
                 )
             )
         part_lines = [line for line in all_lines if line.part == part]
+        if roundoff is not None:
+            notes.append(
+                _roundoff_note(part, part_lines, roundoff, overall, value_scale)
+            )
         part_verdict = combine_verdicts(line.verdict for line in part_lines)
         zero_gradient = grad is not None and not np.any(grad)
         if grad is None or zero_gradient:
@@ -801,6 +946,25 @@ def _judge_variable(variable, record, pooled, loss, eps, thresholds):
         lines=all_lines,
         gradient_missing=missing,
         notes=notes,
+    )
+
+
+def _roundoff_note(part, lines, roundoff, overall, value_scale) -> str:
+    """Says plainly that a variable's loss carries round-off far above the model's."""
+    scale = value_scale or 1.0
+    reached = [
+        line.estimated_error for line in lines if np.isfinite(line.estimated_error)
+    ]
+    precision = min(reached, default=float("nan"))
+    return (
+        f"the {part} loss carries round-off of {_fmt(roundoff / scale)} of its "
+        f"value along this variable, {roundoff / overall:.1e} times the rest of "
+        "the model's (float64 arithmetic gives ~1e-16, float32 ~1e-7): a layer "
+        "on its path computes in a lower precision than float64 inside the "
+        "check (a hard-coded cast to float32, or an op that computes in "
+        "float32 on this backend). This is neither a kink nor a bug; the check "
+        f"can resolve this variable's gradient only to ~{_fmt(precision)} "
+        "(relative)."
     )
 
 
@@ -886,14 +1050,24 @@ def _variable_findings(check: VariableCheck, precision) -> list:
         )
     elif check.verdict == "inconclusive":
         reasons = sorted({line.reason for line in check.lines})
+        advice = (
+            "Check again later in training or with other examples "
+            "(`max_examples`, `seed`); fewer examples cross fewer kinks."
+        )
+        if _ROUNDOFF_REASON in reasons:
+            advice = (
+                "Look for a layer between this variable and the loss that casts "
+                "to float32 or uses an op computing in float32 on this backend: "
+                "its gradient can be checked to float32 precision only. If the "
+                "cast is deliberate, nothing is wrong."
+            )
         findings.append(
             Finding(
                 "gradient_check_imprecise",
                 "info",
                 f"No verdict on {check.path} (layer {check.layer}): "
                 f"{', '.join(reasons)}. " + " ".join(check.notes),
-                "Check again later in training or with other examples "
-                "(`max_examples`, `seed`); fewer examples cross fewer kinks.",
+                advice,
                 where=check.path,
             )
         )

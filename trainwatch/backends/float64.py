@@ -10,7 +10,14 @@ way, and both are handled here:
   (`keras.src.backend.common.dtypes.BIT64_TO_BIT32_DTYPE`), and JAX needs
   `jax_enable_x64`. `float64_mode()` lifts both, plus `floatx`, for the
   duration of a `with` block and restores them afterwards, so the user's run
-  stays float32.
+  stays float32;
+* on JAX, `ops.dot_product_attention` (which `MultiHeadAttention` calls when
+  it has no dropout and returns no scores) always takes its softmax in float32:
+  both `jax.nn.dot_product_attention` and Keras's own fallback
+  (`_dot_product_attention_core`) cast the logits with `.astype(float32)`. So
+  the query and key projections got float32 gradients in a "float64" check,
+  which read as crossed kinks. Inside `float64_mode()` float64 attention runs
+  as plain einsum and softmax ops instead (`float64_dot_product_attention`).
 
 The user's model, its optimizer and the global Keras settings are left as they
 were: only the shadow's own variables are written.
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import weakref
 
 import keras
@@ -65,12 +73,102 @@ def float64_mode():
         keras.config.set_floatx("float64")
         global_state.set_global_attribute("dtype_policy", None)
         table["float64"] = "float64"
-        with get_backend().x64_scope():
+        with get_backend().x64_scope(), _float64_attention():
             yield
     finally:
         table["float64"] = old_promotion
         keras.config.set_floatx(old_floatx)
         global_state.set_global_attribute("dtype_policy", old_policy)
+
+
+# Backends whose `dot_product_attention` computes its softmax in float32 even
+# for float64 inputs (see the module docstring). TensorFlow and PyTorch keep
+# float64: measured on a MultiHeadAttention model, 1e-9 and 1e-8.
+_ATTENTION_SOFTMAX_IN_FLOAT32 = ("jax",)
+# What masked logits become: JAX's value (finite even after a float32 cast).
+_MASKED_LOGIT = -0.7 * float(np.finfo(np.float32).max)
+
+
+@contextlib.contextmanager
+def _float64_attention():
+    """Routes float64 `dot_product_attention` through `float64_dot_product_attention`.
+
+    Only on backends listed in `_ATTENTION_SOFTMAX_IN_FLOAT32`; other dtypes and
+    a logits soft cap (JAX on TPU only, where there is no float64) go to the
+    backend's own implementation as before. Restored on exit.
+    """
+    if keras.backend.backend() not in _ATTENTION_SOFTMAX_IN_FLOAT32:
+        yield
+        return
+    from keras.src import backend
+
+    module = backend.nn
+    native = module.dot_product_attention
+
+    def dot_product_attention(query, key, value, *args, **kwargs):
+        arguments = dict(zip(_ATTENTION_ARGUMENTS, args), **kwargs)
+        dtypes = [getattr(t, "dtype", None) for t in (query, key, value)]
+        dtypes = [keras.backend.standardize_dtype(d) for d in dtypes if d is not None]
+        if "float64" not in dtypes or arguments.get("attn_logits_soft_cap"):
+            return native(query, key, value, *args, **kwargs)
+        arguments.pop("flash_attention", None)  # the same math, unfused
+        arguments.pop("attn_logits_soft_cap", None)
+        return float64_dot_product_attention(query, key, value, **arguments)
+
+    module.dot_product_attention = dot_product_attention
+    try:
+        yield
+    finally:
+        module.dot_product_attention = native
+
+
+_ATTENTION_ARGUMENTS = (
+    "bias", "mask", "scale", "is_causal", "flash_attention", "attn_logits_soft_cap",
+)  # fmt: skip
+
+
+def float64_dot_product_attention(
+    query, key, value, bias=None, mask=None, scale=None, is_causal=False
+):
+    """`ops.dot_product_attention` as plain ops, in the inputs' own precision.
+
+    `softmax(q·kᵀ · scale + bias)` over the key axis, masked where `mask` is
+    false (and above the diagonal when `is_causal`), then applied to `value`;
+    key and value heads are repeated for grouped-query attention. Layout
+    `(batch, time, heads, depth)`, as in Keras.
+
+    Example:
+
+    >>> q = np.random.rand(1, 3, 2, 4)
+    >>> float64_dot_product_attention(q, q, q).shape  # doctest: +SKIP
+    (1, 3, 2, 4)
+    """
+    ops = keras.ops
+    query = ops.convert_to_tensor(query)
+    key = ops.convert_to_tensor(key)
+    value = ops.convert_to_tensor(value)
+    dtype = keras.backend.result_type(query.dtype, key.dtype, value.dtype)
+    query, key, value = (ops.cast(t, dtype) for t in (query, key, value))
+    heads, key_heads = query.shape[2], key.shape[2]
+    if key_heads != heads:  # grouped-query attention: head n reads n // group
+        key = ops.repeat(key, heads // key_heads, axis=2)
+        value = ops.repeat(value, heads // key_heads, axis=2)
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.shape[-1])
+    logits = ops.einsum("btnh,bsnh->bnts", query, key)
+    logits = logits * ops.convert_to_tensor(scale, dtype=dtype)
+    if bias is not None:
+        logits = logits + ops.cast(bias, dtype)
+    keep = None if mask is None else ops.cast(mask, "bool")
+    if is_causal:
+        causal = np.tril(np.ones(logits.shape[-2:], dtype=bool))
+        causal = ops.convert_to_tensor(causal)
+        keep = causal if keep is None else ops.logical_and(keep, causal)
+    if keep is not None:
+        masked = ops.convert_to_tensor(_MASKED_LOGIT, dtype=dtype)
+        logits = ops.where(keep, logits, masked)
+    probabilities = ops.softmax(logits, axis=-1)
+    return ops.einsum("bnts,bsnh->btnh", probabilities, value)
 
 
 def _retype(config):
