@@ -858,7 +858,8 @@ def sanity_check(
         regularization_factor,
         max_seconds,
     )
-    if _length(x) < 1 or _length(x) != _length(y):
+    mf.check_labels_given(model, y)
+    if _length(x) < 1 or (y is not None and _length(x) != _length(y)):
         raise ValueError(
             "Expected x and y with the same number of examples, at least one. "
             f"Received: len(x)={_length(x)}, len(y)={_length(y)}"

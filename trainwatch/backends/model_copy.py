@@ -413,6 +413,22 @@ def copy_weights(model, target, error_cls, dtype=None):
                 value = value.astype(dtype)
             value = value.astype(keras.backend.standardize_dtype(dst.dtype))
         dst.assign(value)
+    _finalize_layer_states(target)
+
+
+def _finalize_layer_states(model):
+    """Lets layers that derive state from their weights derive it again.
+
+    Preprocessing layers such as an adapted `Normalization` compute the
+    constants their `call` uses (`mean`, `variance`) from their weights in
+    `finalize_state()`, which Keras calls after loading weights. Assigning the
+    weights alone leaves the copy's constants at their initial values (a
+    copy that no longer normalizes its inputs).
+    """
+    for layer in _all_layers(model):
+        finalize = getattr(layer, "finalize_state", None)
+        if callable(finalize) and layer.built and layer.weights:
+            finalize()
 
 
 def _apply_regularizers(model, clone, regularizer_fn):

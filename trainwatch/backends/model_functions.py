@@ -117,6 +117,24 @@ def check_model_ready(model) -> None:
         )
 
 
+def check_labels_given(model, y, argument="y") -> None:
+    """Raises a clear `ValueError` if `y` is `None` but the model's loss needs it.
+
+    A model compiled with a loss compares its outputs with labels; only a
+    model that computes its own loss (`compute_loss` overridden) may do
+    without them.
+    """
+    if y is not None or _overrides_compute_loss(model):
+        return
+    if getattr(model, "_compile_loss", None) is None:
+        return
+    raise ValueError(
+        f"Model {model.name!r} is compiled with a loss, which needs labels, but "
+        f"`{argument}` is None. Pass the labels of the examples as `fit` gets "
+        f"them. Received: {argument}=None"
+    )
+
+
 def build_on_batch(model, batch) -> bool:
     """Builds an unbuilt model on a batch, as Keras's `fit` does on JAX and PyTorch.
 

@@ -56,6 +56,12 @@ _NORMALIZATION = _layer_classes(
     "UnitNormalization",
     "RMSNormalization",
 )
+# Preprocessing layers at the start of a model that compute the same thing in
+# training and inference: the inputs are judged as they come out of them.
+_INPUT_PREPROCESSING = _layer_classes("Normalization", "Rescaling")
+# A batch normalization first in the model standardizes each input feature
+# with the statistics of the batch: its inputs need no normalization.
+_INPUT_STANDARDIZING = _layer_classes("BatchNormalization")
 # Layers that pass the signal on without changing which activation follows.
 _PASS_THROUGH = _layer_classes(
     "Dropout",
@@ -151,9 +157,14 @@ class InputAndInitChecks(Monitor):
         names, arrays = _named_inputs(self._x, model)
         declared = _declared_dtypes(model, self._x, names)
         channels_first = keras.config.image_data_format() == "channels_first"
+        inside = _model_layer_ids(model)
+        consumers = _input_consumers(model, self._x, names, inside)
         stats = []
         for name, array in zip(names, arrays):
             if _is_token_ids(array, declared.get(name)):
+                continue
+            array = _as_the_model_sees_it(array, consumers.get(name), inside)
+            if array is None:  # the model standardizes this input itself
                 continue
             stats.append(
                 input_stats.summarize_input(
@@ -326,6 +337,97 @@ def _declared_dtypes(model, x, names):
     if len(tensors) != len(names):
         return {}
     return {name: t.dtype for name, t in zip(names, tensors)}
+
+
+def _model_layer_ids(model):
+    with contextlib.suppress(Exception):
+        return {id(layer) for layer in model._flatten_layers(include_self=False)}
+    return set()
+
+
+def _consumers_of(operation, inside):
+    """The layers of the model (ids in `inside`) that take `operation`'s output."""
+    consumers = []
+    for node in getattr(operation, "_outbound_nodes", None) or []:
+        layer = getattr(node, "operation", None)
+        if isinstance(layer, keras.layers.Layer) and id(layer) in inside:
+            if all(layer is not c for c in consumers):
+                consumers.append(layer)
+    return consumers
+
+
+def _first_layer(layer, inside):
+    """`layer`, or the first layer inside it when it is a nested model."""
+    for _ in range(8):
+        if not isinstance(layer, keras.Model):
+            return layer
+        if isinstance(layer, keras.Sequential):
+            layer = layer.layers[0] if layer.layers else None
+        else:
+            tensors = _model_input_tensors(layer)
+            if len(tensors) != 1:
+                return None
+            operation = getattr(tensors[0]._keras_history, "operation", None)
+            inner = _consumers_of(operation, _model_layer_ids(layer))
+            layer = inner[0] if len(inner) == 1 else None
+    return None
+
+
+def _input_consumers(model, x, names, inside):
+    """`{input name: the one layer that takes it first}`, where the graph says.
+
+    Sequential and Functional models only (a subclassed model has no graph);
+    an input that goes to several layers at once is left out. `inside`: the
+    ids of the model's layers.
+    """
+    if isinstance(model, keras.Sequential):
+        layers = model.layers
+        first = _first_layer(layers[0], inside) if layers and len(names) == 1 else None
+        return {names[0]: first} if first is not None else {}
+    tensors = _model_input_tensors(model)
+    if isinstance(x, dict):
+        by_name = {_useful_name(t): t for t in tensors}
+        paired = [(name, by_name.get(name)) for name in names]
+    elif len(tensors) == len(names):
+        paired = list(zip(names, tensors))
+    else:
+        return {}
+    consumers = {}
+    for name, tensor in paired:
+        history = getattr(tensor, "_keras_history", None)
+        operation = getattr(history, "operation", None)
+        if operation is None:
+            continue
+        layers = _consumers_of(operation, inside)
+        if len(layers) == 1:
+            first = _first_layer(layers[0], inside)
+            if first is not None:
+                consumers[name] = first
+    return consumers
+
+
+def _as_the_model_sees_it(array, layer, inside, max_layers=4):
+    """The input after the model's leading preprocessing layers.
+
+    An adapted `Normalization` or a `Rescaling` first in the model normalizes
+    the inputs inside it: the rules judge what comes out of them (raw pixels
+    through `Rescaling(1/255)` are fine, `Rescaling(1.0)` is not). Returns
+    `None` when a `BatchNormalization` first in the model standardizes them.
+    """
+    for _ in range(max_layers):
+        if layer is None:
+            return array
+        if isinstance(layer, _INPUT_STANDARDIZING):
+            return None
+        if not isinstance(layer, _INPUT_PREPROCESSING):
+            return array
+        try:
+            array = np.asarray(keras.ops.convert_to_numpy(layer(array)))
+        except Exception:  # judge the raw input rather than fail
+            return array
+        following = _consumers_of(layer, inside)
+        layer = _first_layer(following[0], inside) if len(following) == 1 else None
+    return array
 
 
 def _is_token_ids(array, declared_dtype):

@@ -66,11 +66,18 @@ class SanityCheck(Monitor):
                 f"and labels to check with. Received: data={_describe(data)}"
             )
         data = tuple(data)[:2]
-        lengths = [len(keras.tree.flatten(part)[0]) for part in data]
-        if lengths[0] != lengths[1] or lengths[0] < 1:
+        # y may be None for a model that computes its own loss; whether the
+        # model needs labels is checked against the model at train begin.
+        lengths = [
+            len(keras.tree.flatten(part)[0]) for part in data if part is not None
+        ]
+        if lengths[0] < 1 or len(set(lengths)) > 1:
+            received = ", ".join(
+                f"len({name})={n}" for name, n in zip(("x", "y"), lengths)
+            )
             raise ValueError(
                 "Expected x and y in `data` with the same number of examples, at "
-                f"least one. Received: len(x)={lengths[0]}, len(y)={lengths[1]}"
+                f"least one. Received: {received}"
             )
         unknown = [c for c in checks if c not in CHECKS]
         if unknown or not checks:

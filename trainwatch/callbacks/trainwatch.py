@@ -286,6 +286,7 @@ def _check_probe_fits(model, probe):
         mf.check_model_ready(model)
     except (TypeError, ValueError):
         return  # the parts report what they cannot do with such a model
+    mf.check_labels_given(model, probe[1], argument="probe y")
     head = [
         None if d is None else keras.tree.map_structure(lambda a: a[:2], d)
         for d in probe

@@ -1,0 +1,165 @@
+"""Set-ups users hit that the other tests do not cover: clear errors, no crash."""
+
+import keras
+import numpy as np
+import pytest
+
+import trainwatch
+
+N_FEATURES = 6
+
+
+def make_data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, N_FEATURES)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    return x, y
+
+
+def make_model():
+    model = keras.Sequential(
+        [
+            keras.Input((N_FEATURES,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    return model
+
+
+class BatchCounter(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
+@pytest.mark.parametrize("sanity", [True, False], ids=["sanity_on", "sanity_off"])
+def test_probe_without_labels_is_a_clear_error_before_training(tmp_path, sanity):
+    """`probe=(x, None)` for a model compiled with a loss: says "labels"."""
+    x, y = make_data()
+    counter = BatchCounter()
+    watch = trainwatch.TrainWatch(
+        str(tmp_path),
+        probe=(x[:16], None),
+        verbose=0,
+        gradient_check=False,
+        sanity_check=sanity,
+    )
+    with pytest.raises(ValueError, match="labels") as error:
+        make_model().fit(
+            x, y, epochs=1, batch_size=16, verbose=0, callbacks=[watch, counter]
+        )
+    assert counter.batches == 0
+    assert "probe y=None" in str(error.value)
+
+
+def test_sanity_check_without_labels_is_a_clear_error():
+    x, _ = make_data()
+    with pytest.raises(ValueError, match="needs labels"):
+        trainwatch.sanity_check(make_model(), x[:16], None, verbose=0)
+
+
+# -- preprocessing layers inside the model ----------------------------------------
+
+
+def raw_data(n=64, seed=0):
+    """Features on a raw scale (RMS ~100), labels from the first feature."""
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(n, N_FEATURES)) * 50 + 100).astype("float32")
+    return x, (x[:, 0] > 100).astype("int32")
+
+
+def preprocessed_model(x, first="normalization"):
+    if first == "normalization":
+        layer = keras.layers.Normalization()
+        layer.adapt(x)
+    elif first == "rescaling_identity":
+        layer = keras.layers.Rescaling(1.0)
+    else:
+        layer = keras.layers.BatchNormalization()
+    model = keras.Sequential(
+        [
+            keras.Input((N_FEATURES,)),
+            layer,
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    return model
+
+
+def test_copies_of_an_adapted_normalization_normalize_as_the_model_does():
+    """The sanity copies and the float64 shadow compute what the model does."""
+    from trainwatch.backends import float64, model_copy
+
+    x, _ = raw_data()
+    model = preprocessed_model(x)
+    expected = keras.ops.convert_to_numpy(model(x[:8]))
+    copy = model_copy.clone_with_weights(model)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(copy(x[:8])), expected, rtol=1e-5, atol=1e-6
+    )
+    with float64.float64_mode():
+        shadow = float64.make_float64_shadow(model)
+        got = keras.ops.convert_to_numpy(shadow(x[:8].astype("float64")))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_check_of_a_model_with_an_adapted_normalization():
+    x, y = raw_data()
+    model = preprocessed_model(x)
+    result = trainwatch.check_gradients(model, x[:8], y[:8])
+    assert [f.code for f in result.findings] == []
+    assert {v.verdict for v in result.variables} == {"ok"}
+    # The float64 copy checked is the model: the same loss.
+    probabilities = keras.ops.convert_to_numpy(model(x[:8]))
+    loss = -np.mean(np.log(probabilities[np.arange(8), y[:8]]))
+    assert float(result.loss.data) == pytest.approx(loss, rel=1e-4)
+
+
+def input_findings(model, x, y):
+    from trainwatch.callbacks.input_init import InputAndInitChecks
+
+    checks = InputAndInitChecks(verbose=0, data=(x, y))
+    checks.set_model(model)
+    checks.on_train_begin()
+    return [
+        (f.code, f.severity)
+        for f in checks.context.findings
+        if f.code == "inputs_not_normalized"
+    ]
+
+
+@pytest.mark.parametrize(
+    "first, expected",
+    [
+        ("normalization", []),
+        ("batch_normalization", []),
+        ("rescaling_identity", [("inputs_not_normalized", "warning")]),
+    ],
+)
+def test_inputs_are_judged_as_the_model_sees_them(first, expected):
+    """Raw inputs into a model that normalizes them first are no finding."""
+    x, y = raw_data()
+    assert input_findings(preprocessed_model(x, first), x, y) == expected
+
+
+def test_raw_pixels_through_rescaling_are_judged_after_it():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(32, 6, 6, 1)).astype("float32")
+    inputs = keras.Input((6, 6, 1), name="pixels")
+    hidden = keras.layers.Rescaling(1 / 255.0)(inputs)
+    hidden = keras.layers.Conv2D(2, 3, activation="relu")(hidden)
+    outputs = keras.layers.Dense(2, activation="softmax")(
+        keras.layers.Flatten()(hidden)
+    )
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    y = np.zeros(32, dtype="int32")
+    # In [0, 1] after the layer: the rule's hint about centering, no warning.
+    assert input_findings(model, x, y) == [("inputs_not_normalized", "info")]
