@@ -163,3 +163,33 @@ def test_raw_pixels_through_rescaling_are_judged_after_it():
     y = np.zeros(32, dtype="int32")
     # In [0, 1] after the layer: the rule's hint about centering, no warning.
     assert input_findings(model, x, y) == [("inputs_not_normalized", "info")]
+
+
+def test_check_gradients_without_labels_is_a_clear_error():
+    x, _ = make_data()
+    with pytest.raises(ValueError, match="labels"):
+        trainwatch.check_gradients(make_model(), x[:8], None)
+
+
+@pytest.mark.parametrize("container", [list, tuple])
+def test_two_outputs_with_a_list_of_losses_are_checked_in_float64(container):
+    """TensorFlow keeps a model's `loss` list as a `ListWrapper`: the float64
+    copy of the losses must still be built (it fell back on float32)."""
+    x, y = make_data()
+    target = x[:, 1:2]
+    inputs = keras.Input((N_FEATURES,))
+    hidden = keras.layers.Dense(8, activation="tanh")(inputs)
+    outputs = [
+        keras.layers.Dense(2, activation="softmax")(hidden),
+        keras.layers.Dense(1)(hidden),
+    ]
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        "adam",
+        loss=container(["sparse_categorical_crossentropy", "mse"]),
+        loss_weights=container([1.0, 0.5]),
+    )
+    model.fit(x, [y, target], epochs=1, batch_size=16, verbose=0)
+    result = trainwatch.check_gradients(model, x[:8], [y[:8], target[:8]])
+    assert result.precision == "float64", result.message
+    assert result.passed, str(result)

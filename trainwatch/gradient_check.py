@@ -387,8 +387,8 @@ def check_gradients(
 
     Raises:
         TypeError: `model` is not a Keras model.
-        ValueError: the model is not built or not compiled, or an option is
-            invalid.
+        ValueError: the model is not built or not compiled, `y` is `None`
+            for a model compiled with a loss, or an option is invalid.
         trainwatch.backends.float64.Float64Unavailable: `precision="float64"`
             and the model cannot be rebuilt in float64 (with `"auto"`, the
             check falls back on float32 instead, for this or any failure of
@@ -401,6 +401,7 @@ def check_gradients(
     Gradient check PASSED (float64, 8 examples, 4 variables): max relative ...
     """
     mf.check_model_ready(model)
+    mf.check_labels_given(model, y)
     validate_options(
         max_examples, coordinates, directions, relative_step, precision, seed
     )

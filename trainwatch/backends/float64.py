@@ -215,7 +215,10 @@ def _float64_loss(loss):
     if isinstance(loss, dict):
         return {k: _float64_loss(v) for k, v in loss.items()}
     if isinstance(loss, (list, tuple)):
-        return type(loss)(_float64_loss(v) for v in loss)
+        # A list, not `type(loss)(...)`: TensorFlow tracks a model's `loss`
+        # list as a `ListWrapper`, which cannot be built from a generator.
+        losses = [_float64_loss(v) for v in loss]
+        return tuple(losses) if isinstance(loss, tuple) else losses
     return loss  # a string (rebuilt under floatx float64) or a plain function
 
 
