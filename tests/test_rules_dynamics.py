@@ -254,3 +254,15 @@ def test_update_ratio_healthy_or_too_few_samples_is_quiet():
     assert dynamics.update_ratio_findings({"k": [8e-3, 5e-3, 3e-3, 1e-3]}) == []
     assert dynamics.update_ratio_findings({"k": [5.0, 5.0]}) == []
     assert dynamics.update_ratio_findings({"k": [0.0] * 10}) == []
+
+
+def test_underfitting_waits_for_a_falling_training_loss():
+    # Three epochs of a healthy two-output model (jax, tensorflow): accuracy
+    # poor and slow to move, but the loss still falling ~5% an epoch.
+    scores, losses = [0.41, 0.43, 0.44], [0.844, 0.801, 0.764]
+    assert dynamics.underfitting(scores) is not None  # by the score alone
+    assert dynamics.underfitting(scores, train_losses=losses) is None
+    flat = [0.80, 0.78, 0.76]  # 2.6% an epoch, as the one-unit bottleneck
+    assert dynamics.underfitting(scores, train_losses=flat) is not None
+    misaligned = [0.8, 0.7]  # not one per epoch: judged by the score
+    assert dynamics.underfitting(scores, train_losses=misaligned) is not None

@@ -307,6 +307,7 @@ class LossCurve(Monitor):
             metric=score,
             step=self.context.step,
             epoch=self.context.epoch,
+            train_losses=self.history.get("loss", ()),
         )
         if finding is not None:
             self.context.report(finding)
