@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from test_faults import BatchCounter
 
 import trainwatch
 
@@ -26,15 +27,6 @@ def make_model():
     )
     model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
     return model
-
-
-class BatchCounter(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.batches = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.batches += 1
 
 
 @pytest.mark.parametrize("sanity", [True, False], ids=["sanity_on", "sanity_off"])
