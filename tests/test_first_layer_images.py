@@ -103,3 +103,42 @@ def test_arguments_are_checked():
         FirstLayerImages(image_freq=-2)
     with pytest.raises(ValueError, match=r"Received: layer='nope'"):
         first_layer_tiles(random_conv_model(1), layer="nope")
+
+
+def test_frozen_first_layer_is_drawn_not_the_next_one():
+    # A pretrained, frozen first layer is still the one that sees the pixels;
+    # the next layer's inputs are features, not pixels, and must not be drawn
+    # as images of the input.
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3, trainable=False),
+            keras.layers.Conv2D(5, 3),
+        ]
+    )
+    path, tiles, _ = first_layer_tiles(model)
+    assert path == model.layers[0].kernel.path
+    assert tiles.shape == (4, 3, 3, 3)
+    # Statistics that are not trainable (Normalization's mean) are skipped.
+    norm = keras.layers.Normalization(axis=(1, 2))
+    norm.adapt(np.random.default_rng(0).normal(size=(4, 8, 8)))
+    model = keras.Sequential(
+        [keras.Input((8, 8)), norm, keras.layers.Flatten(), keras.layers.Dense(3)]
+    )
+    path, tiles, _ = first_layer_tiles(model)
+    assert path == model.layers[-1].kernel.path
+    assert tiles.shape == (3, 8, 8)
+
+
+def test_embedding_first_layer_says_why_it_cannot_be_drawn():
+    model = keras.Sequential(
+        [
+            keras.Input((10,), dtype="int32"),
+            keras.layers.Embedding(50, 8),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(4),
+        ]
+    )
+    with pytest.raises(ValueError, match=r"\(Embedding\).*token") as error:
+        first_layer_tiles(model, image_shape=(5, 10))
+    assert "Dense layer" not in str(error.value)

@@ -131,3 +131,63 @@ def test_python_dash_m_trainwatch_report(run_dir, tmp_path):
     assert "holds no trainwatch logs" in result.stderr
     result = _run_cli([])
     assert result.returncode == 2  # argparse: a command is required
+
+
+def test_keras_tensorboard_logs_alone_are_no_trainwatch_run(tmp_path, capsys):
+    # What Keras's own `TensorBoard` callback writes: epoch and batch scalars
+    # and weight histograms. "nothing looks wrong" would be a false all-clear.
+    from trainwatch.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path / "train"))
+    writer.scalar("epoch_loss", 0.5, 1)
+    writer.scalar("batch_loss", 0.5, 1)
+    writer.histogram("sequential/dense/kernel/histogram", np.ones(4), 1)
+    writer.close()
+    assert main(["report", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "none written by trainwatch" in captured.err
+    assert "TrainWatch" in captured.err
+
+
+def test_a_file_is_not_called_a_missing_directory(tmp_path, capsys):
+    path = tmp_path / "events.txt"
+    path.write_text("x")
+    assert main(["report", str(path)]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+
+
+def test_json_has_no_nan_or_infinity(tmp_path, capsys):
+    # A run whose loss became NaN: strict JSON parsers reject NaN/Infinity.
+    from trainwatch.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path / "train"))
+    writer.scalar("epoch_loss", float("nan"), 1)
+    writer.scalar("gradcheck/dense/bias", float("-inf"), 1)
+    writer.text("trainwatch/findings", "none", 1)
+    writer.close()
+    assert main(["report", str(tmp_path), "--json"]) == 0
+    out = capsys.readouterr().out
+
+    def reject(token):
+        raise ValueError(f"invalid JSON token {token}")
+
+    summary = json.loads(out, parse_constant=reject)["summary"]
+    assert summary["final"]["train"]["epoch_loss"] is None
+    assert summary["gradient_check_log10_relative_error"]["dense/bias"] is None
+
+
+def test_report_piped_into_a_reader_that_stops_early(run_dir):
+    # `trainwatch report DIR --json | head -1`: the reader is gone before the
+    # report is written. No BrokenPipeError traceback.
+    env = {**os.environ, "PYTHONPATH": REPO}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trainwatch", "report", run_dir, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    process.stdout.close()  # closed before the child writes: EPIPE for sure
+    _, stderr = process.communicate(timeout=120)
+    assert b"Traceback" not in stderr, stderr.decode()
+    assert b"BrokenPipe" not in stderr

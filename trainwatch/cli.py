@@ -23,10 +23,15 @@ def _report(args) -> int:
     except NoTrainwatchLogs as error:
         print(f"trainwatch: {error}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(report.to_json_dict(), indent=2))
-    else:
-        print(report)
+    text = json.dumps(report.to_json_dict(), indent=2) if args.json else str(report)
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left early (`trainwatch report ... | head`): not an error
+        # of ours. Point stdout at devnull so the flush at exit stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
     if args.fail_on:
         levels = {"error": ("error",), "warning": ("error", "warning")}[args.fail_on]
         if any(f.severity in levels for f in report.findings):

@@ -39,16 +39,23 @@ class RunReport:
     gradient_checks: dict
 
     def to_json_dict(self) -> dict:
-        """The `--json` form: `{"findings": [...], "summary": {...}}`."""
-        return {
-            "findings": [f.to_dict() for f in self.findings],
-            "summary": {
-                "log_dir": self.log_dir,
-                "final": self.final,
-                "update_ratios_log10": self.update_ratios,
-                "gradient_check_log10_relative_error": self.gradient_checks,
-            },
-        }
+        """The `--json` form: `{"findings": [...], "summary": {...}}`.
+
+        Non-finite numbers (a loss that became NaN, a relative error of 0 as
+        log10) are `null`: JSON has no NaN or Infinity, and `json.dumps`
+        would write tokens that strict parsers (`jq`, JavaScript) reject.
+        """
+        return _finite_or_null(
+            {
+                "findings": [f.to_dict() for f in self.findings],
+                "summary": {
+                    "log_dir": self.log_dir,
+                    "final": self.final,
+                    "update_ratios_log10": self.update_ratios,
+                    "gradient_check_log10_relative_error": self.gradient_checks,
+                },
+            }
+        )
 
     def __str__(self) -> str:
         lines = [f"trainwatch report: {self.log_dir}", ""]
@@ -92,6 +99,45 @@ class RunReport:
         return "\n".join(lines)
 
 
+def _finite_or_null(value):
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# Tags only trainwatch writes. Keras's own `TensorBoard` callback writes
+# `epoch_<metric>`, `batch_<metric>`, `evaluation_<metric>_vs_iterations` and
+# `<weight path>/histogram`: a directory with only those is no trainwatch run.
+_TRAINWATCH_TAG_PREFIXES = (
+    "trainwatch/",
+    "update_ratio",
+    "gradcheck",
+    "activation",
+    "weights/",
+    "weight_gradients/",
+    "gradient_norm/",
+    "dead_fraction/",
+    "saturated_fraction/",
+    "sanity",
+    "init/",
+    "inputs/",
+    "first_layer/",
+    "gap/",
+)
+
+
+def _is_trainwatch_tag(tag) -> bool:
+    return (
+        tag.startswith(_TRAINWATCH_TAG_PREFIXES)
+        or tag == "epoch"
+        or tag.endswith("_loss_log10")
+    )
+
+
 def _fmt(value) -> str:
     if value is None:
         return "-"
@@ -130,13 +176,19 @@ def read_report(log_dir: str) -> RunReport:
     >>> report = read_report("runs/digits")  # doctest: +SKIP
     >>> print(report)  # doctest: +SKIP
     """
+    if os.path.exists(log_dir) and not os.path.isdir(log_dir):
+        raise NoTrainwatchLogs(
+            f"{log_dir!r} is a file, not a directory. Pass the `log_dir` you gave "
+            f"to trainwatch.TrainWatch. Received: log_dir={log_dir!r}"
+        )
     if not os.path.isdir(log_dir):
         raise NoTrainwatchLogs(
             f"No such directory: {log_dir!r}. Pass the `log_dir` you gave to "
             f"trainwatch.TrainWatch. Received: log_dir={log_dir!r}"
         )
     findings = []
-    for path in _find_findings_files(log_dir):
+    findings_files = _find_findings_files(log_dir)
+    for path in findings_files:
         findings.extend(load_findings(path))
     from trainwatch.tensorboard import read_events
 
@@ -151,17 +203,21 @@ def read_report(log_dir: str) -> RunReport:
                 continue
             if tag.startswith("update_ratio/"):
                 update_ratios[tag[len("update_ratio/") :]] = value
-                has_trainwatch_tags = True
             elif tag.startswith("gradcheck/"):
                 gradient_checks[tag[len("gradcheck/") :]] = value
-                has_trainwatch_tags = True
             elif tag.startswith("epoch_"):
                 final.setdefault(run_key, {})[tag] = value
-            if tag.startswith(("trainwatch/", "batch_", "activations", "sanity")):
-                has_trainwatch_tags = True
-        if any(t.startswith("trainwatch/") for t in run.texts):
+        if any(_is_trainwatch_tag(tag) for tag in run.tags()):
             has_trainwatch_tags = True
-    if not findings and not has_trainwatch_tags and not final:
+    if not findings_files and not has_trainwatch_tags:
+        if runs:
+            raise NoTrainwatchLogs(
+                f"{log_dir!r} holds TensorBoard logs but none written by trainwatch "
+                f"(no {FINDINGS_FILENAME} and no trainwatch tags; Keras's own "
+                "`TensorBoard` callback writes only `epoch_*`, `batch_*` and weight "
+                "histograms). Add `trainwatch.TrainWatch(log_dir)` to the callbacks "
+                f"of `fit` and report on its log_dir. Received: log_dir={log_dir!r}"
+            )
         raise NoTrainwatchLogs(
             f"{log_dir!r} holds no trainwatch logs (no {FINDINGS_FILENAME} and no "
             "trainwatch event files). Train with `trainwatch.TrainWatch(log_dir)` "

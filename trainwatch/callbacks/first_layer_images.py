@@ -24,9 +24,25 @@ from trainwatch.validation import check_int
 __all__ = ["FirstLayerImages", "first_layer_tiles"]
 
 
+def _image_weights(layer):
+    """A layer's weights that may be drawn: its matrices and filters.
+
+    Trainable ones, and frozen kernels and embeddings too (a pretrained,
+    frozen first layer still is the one that looks at the pixels); not
+    statistics such as `Normalization`'s mean, which are not trainable.
+    """
+    return [
+        v
+        for v in layer.weights
+        if len(v.shape) >= 2
+        and keras.backend.is_float_dtype(v.dtype)
+        and (v.trainable or v.name.endswith(("kernel", "embeddings")))
+    ]
+
+
 def _first_weighted_layer(model):
     for layer in mf.leaf_layers(model):
-        if any(len(v.shape) >= 2 for v in layer.trainable_variables):
+        if _image_weights(layer):
             return layer
     return None
 
@@ -36,8 +52,8 @@ def _find_layer(model, layer):
         found = _first_weighted_layer(model)
         if found is None:
             raise ValueError(
-                f"Model {model.name!r} has no layer with trainable weight matrices "
-                "or filters to draw. Received: layer=None"
+                f"Model {model.name!r} has no layer with weight matrices or filters "
+                "to draw. Received: layer=None"
             )
         return found
     if isinstance(layer, str):
@@ -102,7 +118,8 @@ def first_layer_tiles(model, layer=None, image_shape=None, max_images=64):
     Args:
         model: A built Keras model.
         layer: The layer to draw (a layer, its name or its path). Defaults to
-            `None`: the first layer with trainable matrices or filters.
+            `None`: the first layer with matrices or filters (trainable ones,
+            or frozen kernels).
         image_shape: Shape of one input image, `(H, W)` or `(H, W, C)`, for a
             Dense layer on flat features (e.g. `(8, 8)` for 64 pixel
             features). Defaults to `None`: the model input's shape (a Dense
@@ -127,15 +144,21 @@ def first_layer_tiles(model, layer=None, image_shape=None, max_images=64):
     ('sequential/dense/kernel', (16, 8, 8))
     """
     layer = _find_layer(model, layer)
-    variable = next(
-        (v for v in layer.trainable_variables if len(v.shape) in (2, 4)), None
-    )
-    if variable is None:
-        shapes = [tuple(v.shape) for v in layer.trainable_variables]
+    kind = type(layer).__name__
+    if isinstance(layer, keras.layers.Embedding):
         raise ValueError(
-            f"Cannot draw the weights of {layer.name!r} ({type(layer).__name__}) as "
+            f"Cannot draw {layer.name!r} ({kind}) as images: its "
+            "weights are one vector per token index, not a template over input "
+            "pixels. First-layer images are for models that look at images; pass "
+            f"`layer=` to pick another layer. Received: layer={layer.name!r}"
+        )
+    variable = next((v for v in _image_weights(layer) if len(v.shape) in (2, 4)), None)
+    if variable is None:
+        shapes = [tuple(v.shape) for v in layer.weights]
+        raise ValueError(
+            f"Cannot draw the weights of {layer.name!r} ({kind}) as "
             f"images: only Dense (2-D) and Conv2D (4-D) kernels can be drawn; its "
-            f"trainable weights have shapes {shapes}. Pass `layer=` to pick "
+            f"weights have shapes {shapes}. Pass `layer=` to pick "
             f"another layer. Received: layer={layer.name!r}"
         )
     kernel = get_backend().to_numpy(variable).astype(np.float32)
@@ -147,7 +170,7 @@ def first_layer_tiles(model, layer=None, image_shape=None, max_images=64):
         shape = image_shape if image_shape is not None else _input_image_shape(model)
         if shape is None or len(shape) < 2:
             raise ValueError(
-                f"Cannot draw the Dense layer {layer.name!r} as images: its "
+                f"Cannot draw the {kind} layer {layer.name!r} as images: its "
                 f"{n_inputs} inputs have no image shape. Pass the shape of one "
                 "input image, e.g. `image_shape=(8, 8)` for 64 pixels. "
                 f"Received: image_shape={image_shape!r}"
@@ -155,7 +178,7 @@ def first_layer_tiles(model, layer=None, image_shape=None, max_images=64):
         (height, width, channels), channels_first = _as_hwc(shape)
         if height * width * channels != n_inputs:
             raise ValueError(
-                f"`image_shape` must hold the {n_inputs} inputs of the Dense layer "
+                f"`image_shape` must hold the {n_inputs} inputs of the {kind} layer "
                 f"{layer.name!r} (height x width x channels = {n_inputs}). "
                 f"Received: image_shape={tuple(shape)!r}"
             )
@@ -194,7 +217,8 @@ class FirstLayerImages(Monitor):
             features of scikit-learn's digits). Defaults to `None`: the
             model's input shape (e.g. a Dense after `Flatten`).
         layer: The layer to draw (layer, name or path). Defaults to `None`:
-            the first layer with trainable matrices or filters.
+            the first layer with matrices or filters (trainable ones, or
+            frozen kernels).
         max_images: Most tiles per image. Defaults to `64`.
         verbose: 0 silent, 1 print new findings. Defaults to `1`.
 
