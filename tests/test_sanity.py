@@ -481,7 +481,22 @@ def test_loss_scale_optimizer_learning_rate_is_read_through_the_wrapper():
     inner = keras.optimizers.Adam(schedule)
     model.compile(keras.optimizers.LossScaleOptimizer(inner), "mse")
     overfit = sanity_check(model, x, np.eye(CLASSES)[y], **options)["overfit"]
-    assert "3 steps at lr schedule" in overfit.summary
+    assert "3 steps at lr 0.01 (the schedule's first rate)" in overfit.summary
+
+
+def test_overfit_check_trains_at_a_schedules_first_rate():
+    """A schedule meant for a whole run (here halving every 10 steps) would
+    take the copy's rate to nothing within its few hundred steps: the copy
+    trains at the schedule's first rate, and a healthy model passes."""
+    x, y = _data()
+    model = _classifier(regularize=False)
+    schedule = keras.optimizers.schedules.ExponentialDecay(1e-2, 10, 0.5)
+    model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy")
+    overfit = sanity_check(model, x, y, checks=("overfit",), verbose=0)["overfit"]
+    assert overfit.status == "passed", overfit.summary
+    assert overfit.values["attempts"][0]["learning_rate"] == pytest.approx(1e-2)
+    assert "(the schedule's first rate)" in overfit.summary
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0
 
 
 def test_loss_scale_optimizer_trains_private_weights_unscaled():

@@ -587,11 +587,20 @@ def _fresh_optimizer(optimizer, lr_factor):
 
 
 def _rate_label(rate, optimizer) -> str:
-    """`"lr 0.01"` for a constant rate, else what sets the rate."""
-    if rate is not None:
-        return f"lr {rate:.3g}"
+    """`"lr 0.01"` for a constant rate, else what sets the rate.
+
+    `optimizer` is the user's: a schedule's first rate (what the copy trains
+    at, see `model_copy.copy_optimizer`) is said to be one.
+    """
     learning_rate = getattr(_base_optimizer(optimizer), "_learning_rate", None)
-    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+    is_schedule = isinstance(
+        learning_rate, keras.optimizers.schedules.LearningRateSchedule
+    )
+    if rate is not None:
+        return f"lr {rate:.3g}" + (
+            " (the schedule's first rate)" if is_schedule else ""
+        )
+    if is_schedule:
         return "lr schedule"
     if callable(learning_rate):
         return "lr callable"
@@ -603,7 +612,7 @@ def _train_attempt(
 ):
     optimizer, rate = _fresh_optimizer(model.optimizer, lr_factor)
     train_step = make_step(optimizer, model, xs, ys)
-    label = _rate_label(rate, optimizer)
+    label = _rate_label(rate, model.optimizer)
     _say(verbose, f"overfitting {_length(xs)} examples ({label}, up to {steps} steps)")
     first = best = last = float("nan")
     target = None

@@ -554,18 +554,21 @@ def with_scaled_regularizers(model, factor, sample_input=None):
 def copy_optimizer(optimizer, learning_rate_factor=1.0):
     """A fresh optimizer of the same class and config (no slots, step 0).
 
+    A `LearningRateSchedule` is replaced by its rate at step 0: the copy
+    trains for a few hundred steps, over which a schedule meant for a whole
+    run (decaying every 10 steps, say) would take the rate to nothing.
+
     Args:
         optimizer: A Keras optimizer, or `None` for a default `Adam`.
-        learning_rate_factor: Multiplies a constant learning rate. Defaults
-            to `1.0`.
+        learning_rate_factor: Multiplies the learning rate. Defaults to `1.0`.
 
     Returns:
         `(optimizer, learning_rate)`; `learning_rate` is the new constant
-        rate, or `None` for a schedule (which `learning_rate_factor` cannot
-        change: then `factor != 1` raises).
+        rate, or `None` when the rate is neither a number nor a schedule
+        whose first rate can be read (a callable: then `factor != 1` raises).
 
     Raises:
-        ValueError: `learning_rate_factor != 1` with a learning-rate schedule.
+        ValueError: `learning_rate_factor != 1` with a rate that is neither.
 
     Example:
 
@@ -577,6 +580,10 @@ def copy_optimizer(optimizer, learning_rate_factor=1.0):
         optimizer = keras.optimizers.Adam()
     config = optimizer.get_config()
     rate = config.get("learning_rate")
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        with contextlib.suppress(Exception):  # unreadable: kept as a schedule
+            rate = float(keras.ops.convert_to_numpy(schedule(0)))
     if isinstance(rate, numbers.Number):
         rate = float(rate) * learning_rate_factor
         config["learning_rate"] = rate
