@@ -245,3 +245,14 @@ def test_a_learning_rate_verdict_is_reported_once_as_the_flagged_set_grows():
     ratios._judge(step=5, epoch=0)  # both high now: `where` would be None
     codes = [f.code for f in ratios.context.findings]
     assert codes == ["update_ratio_high"], codes
+
+
+def test_learning_rate_is_read_through_a_loss_scale_optimizer():
+    """Mixed precision wraps the optimizer: the advice's rate is the inner one's
+    (the wrapper's own `_learning_rate` reads 0)."""
+    from trainwatch.callbacks.update_ratio import _current_learning_rate
+
+    model = build(1e-2)
+    wrapped = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.25))
+    model.compile(wrapped, "sparse_categorical_crossentropy")
+    assert _current_learning_rate(model) == pytest.approx(0.25)

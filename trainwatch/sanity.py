@@ -556,21 +556,13 @@ def _private_step(optimizer, model, xs, ys):
     """
     # The loss is not scaled here: a mixed-precision `LossScaleOptimizer`
     # would divide the gradients by its scale. Its inner optimizer applies them.
-    optimizer = _base_optimizer(optimizer)
+    optimizer = model_copy.base_optimizer(optimizer)
     loss_fn = mf.batch_loss_function(model, xs, ys, part="data", training=False)
     non_trainable = [v.value for v in model.non_trainable_variables]
     step = get_backend().private_train_step(
         loss_fn, optimizer, model.trainable_variables
     )
     return lambda: _loss_value(step(non_trainable, xs, ys, None))
-
-
-def _base_optimizer(optimizer):
-    """The optimizer that holds the learning rate: a `LossScaleOptimizer`'s
-    (mixed precision wraps the user's optimizer in one) inner optimizer."""
-    while isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        optimizer = optimizer.inner_optimizer
-    return optimizer
 
 
 def _fresh_optimizer(optimizer, lr_factor):
@@ -592,7 +584,8 @@ def _rate_label(rate, optimizer) -> str:
     `optimizer` is the user's: a schedule's first rate (what the copy trains
     at, see `model_copy.copy_optimizer`) is said to be one.
     """
-    learning_rate = getattr(_base_optimizer(optimizer), "_learning_rate", None)
+    base = model_copy.base_optimizer(optimizer)
+    learning_rate = getattr(base, "_learning_rate", None)
     is_schedule = isinstance(
         learning_rate, keras.optimizers.schedules.LearningRateSchedule
     )

@@ -551,6 +551,24 @@ def with_scaled_regularizers(model, factor, sample_input=None):
 # -- optimizer ---------------------------------------------------------------
 
 
+def base_optimizer(optimizer):
+    """The optimizer that holds the learning rate.
+
+    Mixed precision wraps the user's optimizer in a `LossScaleOptimizer`,
+    whose own `_learning_rate` is a placeholder (0): the rate is its inner
+    optimizer's. Any other optimizer (or `None`) is returned as it is.
+
+    Example:
+
+    >>> adam = keras.optimizers.Adam(1e-2)
+    >>> base_optimizer(keras.optimizers.LossScaleOptimizer(adam)) is adam
+    True
+    """
+    while isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    return optimizer
+
+
 def copy_optimizer(optimizer, learning_rate_factor=1.0):
     """A fresh optimizer of the same class and config (no slots, step 0).
 

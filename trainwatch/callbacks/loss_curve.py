@@ -386,7 +386,7 @@ class LossCurve(Monitor):
             return True
         offset = start + first + 1
         due = range(-offset % freq, recovered, freq)  # steps that are multiples
-        if initial and (not due or due[0] != 0):  # the curve starts at its start
+        if initial and 0 not in due:  # the curve starts at its start
             due = [0, *due]
         for i in due:
             self._writer.scalars(self._loss_scalars(losses[i]), step=offset + i)

@@ -43,6 +43,7 @@ import math
 import numpy as np
 from keras import ops
 
+from trainwatch.backends.model_copy import base_optimizer
 from trainwatch.callbacks.base import Monitor
 from trainwatch.numerics import update_ratio as ur
 from trainwatch.rules import dynamics
@@ -489,7 +490,7 @@ class UpdateRatio(Monitor):
 
 def _current_learning_rate(model):
     """The optimizer's learning rate as a float, or `None` (e.g. a schedule)."""
-    optimizer = getattr(model, "optimizer", None)
+    optimizer = base_optimizer(getattr(model, "optimizer", None))
     rate = getattr(optimizer, "_learning_rate", None)
     if rate is None or callable(rate):
         return None
