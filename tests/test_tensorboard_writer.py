@@ -16,6 +16,7 @@ from tensorboard.util import tensor_util
 
 from trainwatch.tensorboard import SummaryWriter, decode_png, read_events
 from trainwatch.tensorboard._summaries import histogram_summary
+from trainwatch.tensorboard.writer import shared_writer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -336,6 +337,23 @@ def test_two_writers_in_one_directory(tmp_path):
     assert len(os.listdir(tmp_path)) == 2
     run = read_events(tmp_path)["."]
     assert run.scalars == {"a": [(0, 1.0), (1, 3.0)], "b": [(0, 2.0)]}
+
+
+def test_shared_writer_is_one_per_directory_while_held(tmp_path):
+    first = shared_writer(tmp_path / "train")
+    assert shared_writer(str(tmp_path / "train" / ".")) is first
+    assert shared_writer(tmp_path / "validation") is not first
+    first.scalar("a", 1.0, step=0)
+    shared_writer(tmp_path / "train").scalar("b", 2.0, step=0)
+    first.flush()
+    assert len(os.listdir(tmp_path / "train")) == 1  # one event file
+    assert set(read_events(tmp_path)["train"].scalars) == {"a", "b"}
+    path = first.path
+    del first
+    second = shared_writer(tmp_path / "train")  # the first was let go of
+    assert second.path is None and path is not None
+    with pytest.raises(TypeError, match="log_dir"):
+        shared_writer(3)
 
 
 def test_runs_are_subdirectories(tmp_path):

@@ -1,5 +1,6 @@
 """UpdateRatio on the active backend: exact ratios, sampling, tags, findings."""
 
+import os
 import time
 
 import keras
@@ -192,6 +193,31 @@ def test_callbacks_do_not_change_what_is_learned():
     watched.fit(x, y, callbacks=callbacks, **fit)
     for a, b in zip(plain.get_weights(), watched.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_standalone_monitors_in_one_log_dir_write_one_event_file(tmp_path):
+    """TensorBoard follows only a run's newest event file while it reloads:
+    two monitors given the same `log_dir` must not write two."""
+    x, y = digits(128)
+    callbacks = [
+        LossCurve(tmp_path, update_freq=2, verbose=0),
+        UpdateRatio(tmp_path, update_freq=2, verbose=0),
+    ]
+    build().fit(
+        x,
+        y,
+        validation_split=0.25,
+        batch_size=16,
+        epochs=2,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    for run in ("train", "validation"):
+        files = [n for n in os.listdir(tmp_path / run) if "tfevents" in n]
+        assert len(files) == 1, (run, files)
+    tags = set(read_events(str(tmp_path))["train"].scalars)
+    assert {"batch_loss", "epoch_loss"} <= tags
+    assert any(t.startswith("update_ratio_layer/") for t in tags)
 
 
 def test_no_batch_end_hook_so_async_dispatch_stays_on():

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import math
 import os
 import sys
 import time
@@ -141,10 +140,12 @@ class RunContext:
         if self.log_dir is None:
             return None
         if run not in self._writers:
-            from trainwatch.tensorboard import SummaryWriter
+            # One writer (one event file) per directory for all monitors that
+            # write there, standalone ones included: TensorBoard follows only
+            # a run's newest file while it reloads.
+            from trainwatch.tensorboard.writer import shared_writer
 
-            path = os.path.join(self.log_dir, run)
-            self._writers[run] = SummaryWriter(path, flush_secs=math.inf)
+            self._writers[run] = shared_writer(os.path.join(self.log_dir, run))
         return self._writers[run]
 
     def report(self, finding: Finding) -> bool:
@@ -295,6 +296,8 @@ class RunContext:
             writer.flush()
 
     def close(self):
+        """Closes this run's event files (writers shared with other monitors
+        in the same directory too: their next write opens a new file)."""
         for writer in self._writers.values():
             writer.close()
         self._writers = {}

@@ -9,6 +9,7 @@ synchronously.
 """
 
 import itertools
+import math
 import operator
 import os
 import socket
@@ -24,7 +25,7 @@ from trainwatch.tensorboard import _summaries
 from trainwatch.tensorboard.png import encode_png, to_uint8
 from trainwatch.tensorboard.records import RecordFileWriter, TemplateCrc32c
 
-__all__ = ["SummaryWriter"]
+__all__ = ["SummaryWriter", "shared_writer"]
 
 _file_counter = itertools.count()
 # Scalars events of a layout seen before get their CRC from its template
@@ -32,6 +33,48 @@ _file_counter = itertools.count()
 _MAX_TEMPLATES = 512
 _MAX_TEMPLATE_BYTES = 1024
 _crc_templates: dict = {}  # layout -> first event's bytes, then its template
+# The writers `shared_writer` handed out, by real path, while someone holds them.
+_shared_writers: "weakref.WeakValueDictionary[str, SummaryWriter]" = (
+    weakref.WeakValueDictionary()
+)
+_shared_lock = threading.Lock()
+
+
+def shared_writer(log_dir):
+    """The one `SummaryWriter` of this process for `log_dir`, made on first use.
+
+    TensorBoard follows only the newest event file of a run directory while
+    it reloads, so two writers appending to one directory at once (say a
+    `LossCurve` and an `UpdateRatio` given the same `log_dir`) would leave one
+    file's new events unseen until TensorBoard restarts. Everything in
+    trainwatch that writes into a directory asks for its writer here: all
+    holders append to one file. It flushes only when asked (`flush_secs` is
+    infinite): its users flush at the ends of their hooks. It is forgotten
+    when the last holder lets go of it (the file is then closed).
+
+    Args:
+        log_dir: Directory of the run, as for `SummaryWriter`.
+
+    Returns:
+        The `SummaryWriter` every caller with the same directory gets.
+
+    Example:
+        >>> import tempfile
+        >>> log_dir = tempfile.mkdtemp()
+        >>> shared_writer(log_dir) is shared_writer(log_dir + "/.")
+        True
+    """
+    if not isinstance(log_dir, (str, os.PathLike)):
+        raise TypeError(
+            f"`log_dir` must be a string or a path. Received: log_dir={log_dir!r}"
+        )
+    key = os.path.realpath(os.fspath(log_dir))
+    with _shared_lock:
+        writer = _shared_writers.get(key)
+        if writer is None:
+            writer = SummaryWriter(log_dir, flush_secs=math.inf)
+            _shared_writers[key] = writer
+        return writer
 
 
 class SummaryWriter:
@@ -284,6 +327,8 @@ class SummaryWriter:
 
     def flush(self):
         """Makes everything written so far readable by other processes."""
+        if not self._unflushed:  # nothing new: no lock (called after every hook)
+            return
         with self._lock:
             if self._file is not None and self._unflushed:
                 self._guarded(self._file.flush)
