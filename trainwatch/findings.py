@@ -189,23 +189,38 @@ class FindingLog:
         if path is None:
             raise ValueError("No path to save findings to. Received: path=None")
         data = self.to_json_dict()
+        saved_text = None
         if path == self.path:
             ours = data["findings"]
-            others = [d for d in _saved_finding_dicts(path) if d not in ours]
-            data["findings"] = others + ours
+            saved_text = _read_text(path)
+            saved = _finding_dicts(saved_text)
+            data["findings"] = [d for d in saved if d not in ours] + ours
+        text = json.dumps(data, indent=2)
+        if text == saved_text:
+            return  # the file says it all already (e.g. a second monitor's save)
         tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"  # per thread too
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
+            f.write(text)
         os.replace(tmp, path)
 
 
-def _saved_finding_dicts(path: str) -> list[dict]:
-    """The finding dicts in a findings file; `[]` if it is missing or unreadable."""
+def _read_text(path: str) -> str | None:
+    """A file's text, or `None` if it cannot be read."""
     try:
         with open(path, encoding="utf-8") as f:
-            findings = json.load(f).get("findings", [])
+            return f.read()
+    except (OSError, ValueError):
+        return None
+
+
+def _finding_dicts(text: str | None) -> list[dict]:
+    """The finding dicts in a findings file's text; `[]` if there is none."""
+    if text is None:
+        return []
+    try:
+        findings = json.loads(text).get("findings", [])
         return [Finding.from_dict(d).to_dict() for d in findings]
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError):
         return []
 
 
