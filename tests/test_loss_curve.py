@@ -296,3 +296,27 @@ def test_underfitting_judges_a_training_accuracy_not_a_validation_one():
     assert _accuracy_name(reversed(names)) == "cls_accuracy"
     assert _accuracy_name(["b_accuracy", "a_accuracy"]) == "a_accuracy"
     assert _accuracy_name(["val_accuracy", "loss"]) is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({"validation_split": 0.25}, 16),
+        ({"validation_data": "first_13"}, 13),  # a partial last batch
+        ({"validation_data": "first_40", "validation_steps": 2}, 16),
+    ],
+)
+def test_validation_size_is_known_to_the_overfitting_rule(kwargs, expected):
+    x, y = digits(64)
+    if "validation_data" in kwargs:
+        n = int(kwargs["validation_data"].split("_")[1])
+        kwargs = dict(kwargs, validation_data=(x[:n], y[:n]))
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
+    model.compile(
+        "sgd",
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    curve = LossCurve(verbose=0)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[curve], **kwargs)
+    assert curve.validation_examples == expected

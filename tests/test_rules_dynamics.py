@@ -189,6 +189,20 @@ def test_overfitting_from_accuracy_gap():
     assert once is None
 
 
+def test_overfitting_weighs_the_gap_against_a_small_validation_sets_noise():
+    # Train 1.0 vs validation 0.85 twice: a gap of 0.15. On 39 examples the
+    # validation accuracy is uncertain by ~0.057: that gap is within noise.
+    args = ([0.5, 0.1], [0.6, 0.7], [1.0, 1.0], [0.85, 0.85])
+    assert dynamics.overfitting(*args) is not None  # size unknown: as before
+    assert dynamics.overfitting(*args, val_examples=39) is None
+    large = dynamics.overfitting(*args, val_examples=2000)
+    assert large is not None and "2000 validation examples" in large.message
+    wide = dynamics.overfitting(
+        [0.5, 0.1], [0.6, 0.7], [1.0, 1.0], [0.7, 0.7], val_examples=39
+    )
+    assert wide is not None and "sampling noise" in wide.message
+
+
 def test_overfitting_from_rising_validation_loss():
     train = [1.0, 0.6, 0.4, 0.3, 0.2, 0.1]
     val = [1.1, 0.7, 0.6, 0.65, 0.7, 0.8]

@@ -29,6 +29,7 @@ import math
 import operator
 import threading
 from collections import deque
+from operator import itemgetter
 
 from trainwatch.callbacks.base import Monitor
 from trainwatch.numerics.curves import batch_losses, log10_or_none, window_mean_loss
@@ -82,6 +83,32 @@ def _accuracy_name(names):
     if "accuracy" in candidates:
         return "accuracy"
     return candidates[0] if candidates else None
+
+
+def _validation_examples(model):
+    """Examples in the validation run `fit` just did, or `None` if unknown.
+
+    Read from the evaluation iterator Keras keeps during `fit` (arrays and
+    other inputs of known batch size; `None` for datasets and generators).
+
+    Example:
+
+    >>> _validation_examples(object()) is None
+    True
+    """
+    try:
+        iterator = getattr(model, "_eval_epoch_iterator", None)
+        adapter = getattr(iterator, "data_adapter", None)
+        batches, size = adapter.num_batches, adapter.batch_size
+        if not batches or not size:
+            return None
+        steps = getattr(iterator, "steps_per_epoch", None)
+        if steps and steps < batches:  # `validation_steps` cut it short
+            return int(steps) * int(size)
+        last = adapter.partial_batch_size if adapter.has_partial_batch else None
+        return (int(batches) - 1) * int(size) + int(last or size)
+    except Exception:  # another Keras, another input: unknown
+        return None
 
 
 def _number(value):
@@ -159,6 +186,7 @@ class LossCurve(Monitor):
         self.initial_loss = None
         self.history: dict[str, list] = {}  # per global epoch, `None` where missing
         self.epochs_seen = 0
+        self.validation_examples = None  # of the latest validation, if known
         self._judged_epochs = 0
         self._global_epoch = -1
         self._nan_seen = False
@@ -166,7 +194,13 @@ class LossCurve(Monitor):
         self._steps = None
         self._epoch_start_step = 0
         self._means = {}
-        self._points = deque(maxlen=_MAX_POINTS_PER_EPOCH)
+        # The epoch's recovered batch losses, `(step, loss, batches)`: those
+        # computed, and runs of running means whose losses are computed only
+        # when something reads `_points` (the curve rules, which often skip
+        # an epoch of short steps).
+        self._settled = deque(maxlen=_MAX_POINTS_PER_EPOCH)
+        self._unsettled = []  # [(step of the first, count before, mean before, means)]
+        self._unsettled_count = 0
         self._queue = deque()
         # The queue is worked off once a batch loss is due to be written (every
         # `update_freq` batches) or, with per-epoch logging, every
@@ -193,7 +227,8 @@ class LossCurve(Monitor):
         self._epoch_start_step = self.context.step
         with self._lock:
             self._means = {}
-            self._points.clear()
+            self._settled.clear()
+            self._unsettled, self._unsettled_count = [], 0
 
     def on_train_batch_begin(self, batch, logs=None):
         # The main thread, between steps: work off what the batch-end hooks
@@ -240,7 +275,7 @@ class LossCurve(Monitor):
                 items = []
                 while self._queue:
                     items.append(self._queue.popleft())
-                items.sort(key=lambda item: item[0])
+                items.sort(key=itemgetter(0))
                 if not self._take_in_run(items):
                     for batch, loss in items:
                         self._batch_end(int(batch), _number(loss))
@@ -282,6 +317,8 @@ class LossCurve(Monitor):
             if val:
                 val_writer = self.context.writer("validation")
                 val_writer.scalars({f"epoch_{n}": v for n, v in val.items()}, step=g)
+        if val:  # the overfitting rule weighs the gap against its sampling noise
+            self.validation_examples = _validation_examples(self._model)
         self._record_history(g, train, val)
         self.epochs_seen += 1
         loss = train.get("loss")
@@ -313,6 +350,17 @@ class LossCurve(Monitor):
             self.context.report(finding)
 
     # -- internals -----------------------------------------------------------
+    @property
+    def _points(self):
+        """The epoch's recovered `(step, loss, batches)` points, in step order
+        (the runs taken in so far computed first; call under the lock)."""
+        if self._unsettled:
+            for step, count_before, mean_before, means in self._unsettled:
+                losses = batch_losses(count_before, mean_before, means)
+                self._settled.extend((step + i, v, 1) for i, v in enumerate(losses))
+            self._unsettled, self._unsettled_count = [], 0
+        return self._settled
+
     def _batch_end(self, batch, loss):
         """Takes in one running mean (called under the lock, in batch order)."""
         if loss is None:
@@ -367,29 +415,42 @@ class LossCurve(Monitor):
             or (steps is not None and last >= steps)
         ):
             return False
-        means = [_number(loss) for _, loss in items]
-        if None in means or not all(math.isfinite(m) for m in means):
+        try:
+            means = [float(loss) for _, loss in items]
+        except (TypeError, ValueError):
             return False
-        losses = batch_losses(first, self._means.get(first, 0.0), means)
+        # A sum of finite means is finite unless it overflows: then each is looked at.
+        if not math.isfinite(sum(means)) and not all(map(math.isfinite, means)):
+            return False
+        mean_before = self._means.get(first, 0.0)
         start = self._epoch_start_step
-        self._remember_means(dict(zip(range(first + 1, last + 2), means)), last + 1)
+        # Only the newest mean is looked up later (the next run continues
+        # from it; a late batch's neighbours are never inside a run).
+        self._remember_means({last + 1: means[-1]}, last + 1)
         self._keep_step(start + last + 1)
         # The epoch's last batch may be smaller: no exact recovery.
         recovered = len(items) if steps is None else min(len(items), steps - 1 - first)
-        losses = losses[:recovered]
-        initial = self.initial_loss is None and first == 0 and bool(losses)
-        if initial:
-            self.initial_loss = losses[0]
-        self._points.extend((start + first + 1 + i, v, 1) for i, v in enumerate(losses))
+        if recovered <= 0:
+            return True
+        offset = start + first + 1
+        self._unsettled.append((offset, first, mean_before, means[:recovered]))
+        self._unsettled_count += recovered
+        if self._unsettled_count > _MAX_POINTS_PER_EPOCH:
+            self._points  # noqa: B018 (computed now: memory stays bounded)
+        initial = self.initial_loss is None and first == 0
+        if initial:  # the first batch's loss is its running mean
+            self.initial_loss = batch_losses(0, 0.0, means[:1])[0]
         freq = self.update_freq
         if freq == "epoch" or self._writer is None:
             return True
-        offset = start + first + 1
         due = range(-offset % freq, recovered, freq)  # steps that are multiples
         if initial and 0 not in due:  # the curve starts at its start
             due = [0, *due]
         for i in due:
-            self._writer.scalars(self._loss_scalars(losses[i]), step=offset + i)
+            # The same float64 arithmetic as for all of them at once.
+            before = means[i - 1] if i else mean_before
+            (loss,) = batch_losses(first + i, before, means[i : i + 1])
+            self._writer.scalars(self._loss_scalars(loss), step=offset + i)
         return True
 
     def _keep_step(self, step):
@@ -506,6 +567,7 @@ class LossCurve(Monitor):
                 metric=score or "accuracy",
                 step=step,
                 epoch=g,
+                val_examples=self.validation_examples,
             )
         )
         for finding in findings:

@@ -389,13 +389,19 @@ def overfitting(
     persist=2,
     patience=3,
     rise=0.1,
+    val_examples=None,
+    z=1.64,
 ) -> Finding | None:
     """Flags a wide or growing gap between training and validation.
 
     Two signs, checked in order:
 
     * the training score (e.g. accuracy) exceeded the validation score by more
-      than `score_gap` in each of the last `persist` validations;
+      than `score_gap` in each of the last `persist` validations, and by more
+      than the validation set's sampling noise adds to it: with `n` examples
+      the validation accuracy `v` is uncertain by `sqrt(v (1 - v) / n)`, so
+      the gap must exceed `score_gap + z` times that (0.1 + 0.09 on 39
+      examples at v = 0.85; nothing is added when `n` is unknown);
     * the validation loss rose `patience` validations in a row, to more than
       `1 + rise` times its minimum, while the training loss kept falling.
 
@@ -414,6 +420,10 @@ def overfitting(
         patience: Rising validations in a row that count. Defaults to `3`.
         rise: Rise of the validation loss above its minimum that counts
             (fraction). Defaults to `0.1`.
+        val_examples: Number of validation examples, or `None` if unknown.
+            Defaults to `None`.
+        z: How many standard errors of the validation score the gap must
+            exceed `score_gap` by. Defaults to `1.64` (one-sided 95%).
 
     Returns:
         An `overfitting` warning, or `None`.
@@ -427,12 +437,17 @@ def overfitting(
         pairs = _pairs(train_scores, val_scores)
         if len(pairs) >= persist:
             t, v = pairs[-1]
-            if np.all(pairs[-persist:, 0] - pairs[-persist:, 1] > score_gap):
+            recent = pairs[-persist:]
+            needed = score_gap + z * _score_noise(recent[:, 1], val_examples)
+            if np.all(recent[:, 0] - recent[:, 1] > needed):
+                on = f" on {val_examples} validation examples" if val_examples else ""
                 return Finding(
                     "overfitting",
                     "warning",
-                    f"Training {metric} {t:.4g} vs validation {v:.4g}: a gap of "
-                    f"{t - v:.3g} (more than {score_gap:g}).",
+                    f"Training {metric} {t:.4g} vs validation {v:.4g}{on}: a gap "
+                    f"of {t - v:.3g} (more than {score_gap:g}"
+                    + (" and than the validation set's sampling noise" if on else "")
+                    + ").",
                     OVERFITTING_ADVICE,
                     step=step,
                     epoch=epoch,
@@ -458,6 +473,23 @@ def overfitting(
                 epoch=epoch,
             )
     return None
+
+
+def _score_noise(val_scores, val_examples):
+    """Standard errors of validation accuracies measured on `val_examples`
+    examples (zeros when that is unknown or the scores are no proportions).
+
+    Example:
+
+    >>> _score_noise(np.array([0.84, 0.5]), 100).round(3).tolist()
+    [0.037, 0.05]
+    """
+    scores = np.asarray(val_scores, dtype=float)
+    if not val_examples or val_examples <= 0:
+        return np.zeros_like(scores)
+    proportion = np.clip(scores, 0.0, 1.0)
+    noise = np.sqrt(proportion * (1.0 - proportion) / float(val_examples))
+    return np.where((scores >= 0.0) & (scores <= 1.0), noise, 0.0)
 
 
 def underfitting(
