@@ -322,6 +322,11 @@ def test_callback_argument_errors():
         SanityCheck(data=(x, y), checks=["initial_los"])
     with pytest.raises(ValueError, match="Received: kwargs="):
         SanityCheck(data=(x, y), step=3)
+    # Values out of range fail at construction, not when `fit` starts.
+    with pytest.raises(ValueError, match="learning_rate_boost=0.5"):
+        SanityCheck(data=(x, y), learning_rate_boost=0.5)
+    with pytest.raises(ValueError, match="overfit_ratio=2"):
+        SanityCheck(data=(x, y), overfit_ratio=2)
 
 
 def test_sanity_check_argument_errors():

@@ -12,9 +12,13 @@ Three quick experiments that catch bugs before hours of training (the CS231n
   the regularization loss must rise.
 * **overfit**: a copy with regularization and dropout off, trained with a
   fresh optimizer of the same class and config, must drive the loss on ~20
-  examples to near zero within a bounded number of steps (retried once with a
-  10x learning rate). A mixed-precision `LossScaleOptimizer` is copied around
-  a copy of its inner optimizer, whose learning rate is the one used.
+  examples to near zero within a bounded number of steps. If it does not, the
+  loss says which way the learning rate is off: where it rose (or became nan)
+  the rate is too high, and lower rates are tried (10x, then 100x lower), a
+  subset that overfits only at a lower rate being reported as `loss_diverging`;
+  where it fell too slowly, a 10x higher rate is tried. A mixed-precision
+  `LossScaleOptimizer` is copied around a copy of its inner optimizer, whose
+  learning rate is the one used.
 
 The user's model, its optimizer and the global random state are untouched: the
 loss is evaluated statelessly and everything that trains or changes runs on
@@ -24,7 +28,9 @@ copies (`trainwatch.backends.model_copy`), inside `preserved_random_state()`.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
+import numbers
 import sys
 import time
 from typing import NamedTuple
@@ -55,12 +61,12 @@ _REGULARIZATION_ADVICE = (
     "uses their coefficient (`l1`, `l2` or `factor`), and that `add_loss` terms "
     "are not negative."
 )
-_OVERFIT_ADVICE = (
+_OVERFIT_CAUSES = (
     "A working network memorizes 20 examples. If it cannot, look for a bug in the "
     "model (a frozen or disconnected layer, a narrow bottleneck, an output "
     "activation that cannot reach the targets), the loss or the labels (labels "
     "that do not belong to their inputs, a loss that does not fit the label "
-    "encoding); too little capacity; or too low a learning rate."
+    "encoding); too little capacity"
 )
 
 
@@ -578,11 +584,12 @@ def _fresh_optimizer(optimizer, lr_factor):
     return type(optimizer)(inner, **config), rate
 
 
-def _rate_label(rate, optimizer) -> str:
+def _rate_label(rate, optimizer, factor=1.0) -> str:
     """`"lr 0.01"` for a constant rate, else what sets the rate.
 
     `optimizer` is the user's: a schedule's first rate (what the copy trains
-    at, see `model_copy.copy_optimizer`) is said to be one.
+    at, see `model_copy.copy_optimizer`) is said to be one, times `factor`
+    (the learning-rate factor of the attempt) where that is not 1.
     """
     base = model_copy.base_optimizer(optimizer)
     learning_rate = getattr(base, "_learning_rate", None)
@@ -590,8 +597,9 @@ def _rate_label(rate, optimizer) -> str:
         learning_rate, keras.optimizers.schedules.LearningRateSchedule
     )
     if rate is not None:
+        times = "" if factor == 1 else f"{factor:g}x "
         return f"lr {rate:.3g}" + (
-            " (the schedule's first rate)" if is_schedule else ""
+            f" ({times}the schedule's first rate)" if is_schedule else ""
         )
     if is_schedule:
         return "lr schedule"
@@ -600,26 +608,59 @@ def _rate_label(rate, optimizer) -> str:
     return "lr unknown"
 
 
+_RISE_FACTOR = 1.5  # a peak this far above the first loss: the rate is too high
+_END_RISE = 1.1  # or an attempt that ends this far above its first loss
+_STUCK_STEPS = 50  # the same loss this many steps in a row: nothing more to learn
+_STUCK_RTOL = 1e-6  # "the same": within this fraction (float32 rounding)
+_LOWERINGS = 2  # lower rates tried after the loss rose at the user's rate
+
+
+def _rose(first, peak, last) -> bool:
+    """Whether an attempt's loss rose: became non-finite, peaked at
+    `_RISE_FACTOR` times its first value, or ended `_END_RISE` times above it
+    (as far from the first value as those factors, for a negative loss)."""
+    if not (math.isfinite(first) and math.isfinite(last)):
+        return True
+    scale = abs(first)
+    peaked = peak > first + (_RISE_FACTOR - 1) * scale
+    return peaked or last > first + (_END_RISE - 1) * scale
+
+
 def _train_attempt(
     make_step, model, xs, ys, lr_factor, steps, ratio, deadline, verbose
 ):
+    """Trains one fresh copy at the user's learning rate times `lr_factor`
+    until the loss reaches `ratio` times its first value, `steps` steps pass,
+    the deadline passes, the loss is not finite or it stays the same (within
+    `_STUCK_RTOL`) for `_STUCK_STEPS` steps in a row: the steps no longer
+    change it (dead ReLUs, a saturated softmax after too large a step)."""
     optimizer, rate = _fresh_optimizer(model.optimizer, lr_factor)
     train_step = make_step(optimizer, model, xs, ys)
-    label = _rate_label(rate, model.optimizer)
+    label = _rate_label(rate, model.optimizer, lr_factor)
     _say(verbose, f"overfitting {_length(xs)} examples ({label}, up to {steps} steps)")
-    first = best = last = float("nan")
+    first = best = last = peak = float("nan")
     target = None
-    step = 0
-    timed_out = False
+    step = peak_step = same = 0
+    timed_out = stuck = False
     for step in range(1, steps + 1):
         last = train_step()
         if step == 1:
-            first, best = last, last
+            first = best = peak = anchor = last
+            peak_step = 1
             target = ratio * abs(first)
         if not math.isfinite(last):
             break
         best = min(best, last)
+        if last > peak:
+            peak, peak_step = last, step
         if last <= target:
+            break
+        if abs(last - anchor) <= _STUCK_RTOL * abs(anchor):
+            same += 1
+        else:
+            anchor, same = last, 0
+        if same >= _STUCK_STEPS:
+            stuck = True
             break
         if verbose and step % 100 == 0:
             _say(
@@ -632,7 +673,8 @@ def _train_attempt(
     _say(
         verbose,
         f"  {'reached' if reached else 'stopped at'} loss {last:.4g} "
-        f"after {step} steps (target {target:.3g})",
+        f"after {step} steps (target {target:.3g})"
+        + (" (the loss stopped changing)" if stuck else ""),
     )
     return {
         "learning_rate": rate,
@@ -642,10 +684,57 @@ def _train_attempt(
         "first_loss": first,
         "last_loss": last,
         "best_loss": best,
+        "peak_loss": peak,
+        "peak_step": peak_step,
         "target": target,
         "reached": reached,
+        "rose": not reached and _rose(first, peak, last),
+        "stuck": stuck,
         "timed_out": timed_out,
     }
+
+
+def _next_factor(attempts, boost):
+    """The learning-rate factor of the next attempt, or `None` for no more.
+
+    A loss that rose (or became non-finite) means the rate is too high: lower
+    rates are tried (divided by `boost`, at most `_LOWERINGS` times, while the
+    loss keeps rising), never a higher one. A loss that did not rise but did
+    not reach the target either is what too low a rate looks like (a steady,
+    slow fall): one attempt at `boost` times the rate.
+    """
+    last = attempts[-1]
+    if last["reached"] or not boost or boost == 1:
+        return None
+    if last["rose"]:
+        lowered = sum(a["learning_rate_factor"] < 1 for a in attempts)
+        if last["learning_rate_factor"] <= 1 and lowered < _LOWERINGS:
+            return last["learning_rate_factor"] / boost
+        return None
+    return boost if len(attempts) == 1 else None
+
+
+def _how_it_went(attempt) -> str:
+    """How one attempt went, e.g. `"at lr 5 the loss rose to 9.191 (3.9x its
+    start) by step 5 and ended at 2.303 after 152 steps"`."""
+    at = f"at {attempt['learning_rate_label']}"
+    last = attempt["last_loss"]
+    if attempt["reached"]:
+        return f"{at} it reached {last:.4g} in {attempt['steps']} steps"
+    if not math.isfinite(last):
+        return f"{at} the loss became {last} at step {attempt['steps']}"
+    if attempt["rose"]:
+        peak, first = attempt["peak_loss"], attempt["first_loss"]
+        rise = f" ({peak / first:.1f}x its start)" if first > 0 else ""
+        return (
+            f"{at} the loss rose to {peak:.4g}{rise} by step {attempt['peak_step']} "
+            f"and ended at {last:.4g} after {attempt['steps']} steps"
+            + (", no longer changing" if attempt["stuck"] else "")
+        )
+    return (
+        f"{at} the loss fell to {attempt['best_loss']:.4g} in {attempt['steps']} "
+        "steps" + (", then stopped changing" if attempt["stuck"] else "")
+    )
 
 
 _ON_A_COPY = "a copy of the model"
@@ -654,6 +743,54 @@ _ON_PRIVATE_WEIGHTS = "private copies of the model's weights (in inference mode)
 
 def _error_text(error) -> str:
     return f"{type(error).__name__}: {model_copy.short_error_text(error)}"
+
+
+def _overfit_advice(attempts, boost) -> str:
+    """The usual causes, and what the attempts say about the learning rate:
+    too low only where the loss did not rise at the user's rate."""
+    rose = [a["learning_rate_label"] for a in attempts if a["rose"]]
+    fell = [a["learning_rate_label"] for a in attempts if not a["rose"]]
+    if not attempts[0]["rose"]:
+        if not rose:
+            return _OVERFIT_CAUSES + "; or too low a learning rate."
+        return (
+            f"{_OVERFIT_CAUSES}; or too low a learning rate (at {rose[0]}, "
+            f"{boost:g}x yours, the loss rose: try one in between)."
+        )
+    if fell:
+        lead = (
+            f"Your learning rate is too high (the loss rose at {', '.join(rose)}), "
+            f"but a lower one did not reach the target either ({', '.join(fell)})."
+        )
+    else:
+        where = "your rate" if len(rose) == 1 else "every rate tried"
+        lead = (
+            f"The loss rose at {where} ({', '.join(rose)}): lower the learning "
+            "rate further, or clip gradients (`clipnorm=1.0`)."
+        )
+    return f"{lead} {_OVERFIT_CAUSES}."
+
+
+def _too_high_finding(attempts, n, how) -> Finding:
+    """`loss_diverging`: the subset overfits at a lower rate than the user's."""
+    yours, final = attempts[0], attempts[-1]
+    factor = 1 / final["learning_rate_factor"]
+    message = (
+        f"Training {how} on {n} examples with regularization and dropout off: "
+        + "; ".join(_how_it_went(a) for a in attempts)
+        + f" (target {final['target']:.3g}). It overfits at "
+        f"{final['learning_rate_label']} but not at your "
+        f"{yours['learning_rate_label']}: your learning rate is likely too high."
+    )
+    advice = (
+        f"Lower the learning rate about {factor:.3g}x (from "
+        f"{yours['learning_rate']:.3g} to ~{final['learning_rate']:.3g}); gradient "
+        "clipping (`clipnorm=1.0`) and a warm-up also help a diverging start."
+    )
+    # Its own `where`: the run's `loss_diverging`, if training diverges too,
+    # is its own finding with the run's numbers (findings are kept per code
+    # and place), not hidden behind this one.
+    return _finding("loss_diverging", "warning", message, advice, where="sanity check")
 
 
 def _check_overfit(model, x, y, subset_size, steps, ratio, boost, max_seconds, verbose):
@@ -689,10 +826,15 @@ def _check_overfit(model, x, y, subset_size, steps, ratio, boost, max_seconds, v
     else:
         summary = f"could not train the model: skipped ({'; '.join(details)})"
         return CheckResult(name, SKIPPED, summary, {"problems": details}, ())
-    boostable = attempts[0]["learning_rate"] is not None and boost and boost != 1
-    if not attempts[0]["reached"] and boostable and time.perf_counter() < deadline:
+    scalable = attempts[0]["learning_rate"] is not None  # else a callable rate
+    while scalable and time.perf_counter() < deadline:
+        factor = _next_factor(attempts, boost)
+        if factor is None:
+            break
+        if attempts[-1]["rose"]:
+            _say(verbose, "  the loss rose: the learning rate is likely too high")
         attempts.append(
-            _train_attempt(make_step, *args, boost, steps, ratio, deadline, verbose)
+            _train_attempt(make_step, *args, factor, steps, ratio, deadline, verbose)
         )
     final = attempts[-1]
     values = {"examples": n, "attempts": attempts, "trained": how}
@@ -708,9 +850,16 @@ def _check_overfit(model, x, y, subset_size, steps, ratio, boost, max_seconds, v
             f"loss {final['first_loss']:.4g} -> {final['last_loss']:.4g} (target "
             f"{final['target']:.3g}) on {n} examples in {tried}"
         )
-        if len(attempts) > 1:
+        if final["learning_rate_factor"] > 1:
             summary += f"; only with the learning rate x{boost:g}: yours may be low"
-        return CheckResult(name, PASSED, summary, values, ())
+            return CheckResult(name, PASSED, summary, values, ())
+        if final["learning_rate_factor"] == 1:
+            return CheckResult(name, PASSED, summary, values, ())
+        lower = 1 / final["learning_rate_factor"]
+        summary += f"; only with the learning rate /{lower:.3g}: yours is too high"
+        return CheckResult(
+            name, FAILED, summary, values, (_too_high_finding(attempts, n, how),)
+        )
     best = min(a["best_loss"] for a in attempts)
     stopped = " (stopped by the time budget)" if final["timed_out"] else ""
     summary = (
@@ -723,8 +872,14 @@ def _check_overfit(model, x, y, subset_size, steps, ratio, boost, max_seconds, v
         f"{final['first_loss']:.4g} the best reached was {best:.4g} (target "
         f"{final['target']:.3g}, {ratio:g} of the start) in {tried}{stopped}."
     )
+    if any(a["rose"] or a["stuck"] for a in attempts):
+        went = "; ".join(_how_it_went(a) for a in attempts)
+        message += f" In turn: {went}."
     finding = _finding(
-        "cannot_overfit_small_subset", "warning", message, _OVERFIT_ADVICE
+        "cannot_overfit_small_subset",
+        "warning",
+        message,
+        _overfit_advice(attempts, boost),
     )
     return CheckResult(name, FAILED, summary, values, (finding,))
 
@@ -739,6 +894,7 @@ def _validate(
     overfit_steps,
     overfit_ratio,
     regularization_factor,
+    learning_rate_boost,
     max_seconds,
 ):
     unknown = [c for c in checks if c not in CHECKS]
@@ -760,10 +916,55 @@ def _validate(
             "Expected regularization_factor > 1 (a stronger regularizer). "
             f"Received: regularization_factor={regularization_factor!r}"
         )
+    boost = learning_rate_boost
+    if boost is not None and (
+        isinstance(boost, bool) or not isinstance(boost, numbers.Real) or boost < 1
+    ):
+        raise ValueError(
+            "Expected learning_rate_boost >= 1 (the factor by which the rate is "
+            f"raised or lowered), or None. Received: learning_rate_boost={boost!r}"
+        )
     if not max_seconds > 0:
         raise ValueError(
             f"Expected max_seconds > 0. Received: max_seconds={max_seconds!r}"
         )
+
+
+def validate_options(checks=CHECKS, **options):
+    """Raises what `sanity_check` would raise for these options, before any
+    model is there (the `SanityCheck` callback calls it at construction).
+
+    Raises:
+        ValueError: An unknown check or option, or a value out of range.
+
+    Example:
+
+    >>> validate_options(subset_size=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected a positive integer. Received: subset_size=0
+    """
+    parameters = inspect.signature(sanity_check).parameters
+    unknown = [name for name in options if name not in parameters]
+    if unknown:
+        raise ValueError(f"Unknown sanity_check option(s) {unknown}.")
+    values = {n: p.default for n, p in parameters.items() if p.default is not p.empty}
+    values.update(options)
+    _validate(
+        tuple(checks),
+        *(
+            values[name]
+            for name in (
+                "batch_size",
+                "subset_size",
+                "overfit_steps",
+                "overfit_ratio",
+                "regularization_factor",
+                "learning_rate_boost",
+                "max_seconds",
+            )
+        ),
+    )
 
 
 def sanity_check(
@@ -794,8 +995,14 @@ def sanity_check(
     3. `overfit`: a copy without regularization or dropout, trained with a
        fresh optimizer of the model's class and config on the first
        `subset_size` examples, must reach `overfit_ratio` times its starting
-       loss within `overfit_steps` steps (tried again with the learning rate
-       times `learning_rate_boost` if not).
+       loss within `overfit_steps` steps. If it does not and its loss rose
+       (peaked at 1.5 times its start, ended 1.1 times above it, or became
+       nan or inf), the learning rate is too high: the rate divided by
+       `learning_rate_boost` is tried, and divided again while the loss keeps
+       rising (at most twice); a subset that overfits only at a lower rate is
+       reported as `loss_diverging`. If the loss did not rise, the rate times
+       `learning_rate_boost` is tried once (the rate may be too low). An
+       attempt whose loss stops changing for 50 steps ends early.
 
     The model's weights, optimizer and the global random state are untouched.
     The copy's train step gets its data as `fit` gives it (`(x, y)`). Where
@@ -820,8 +1027,10 @@ def sanity_check(
             `500`.
         overfit_ratio: Success when the loss falls to this fraction of its
             starting value. Defaults to `0.02`.
-        learning_rate_boost: Learning-rate multiplier of the second attempt;
-            `None` or `1` for no second attempt. Defaults to `10.0`.
+        learning_rate_boost: Factor by which the learning rate is raised
+            (the loss fell too slowly) or lowered (the loss rose) for further
+            attempts; `None` or `1` for no further attempt. Defaults to
+            `10.0`.
         max_seconds: Time budget of the overfitting check. Defaults to `60.0`.
         verbose: 0 silent, 1 progress lines. Defaults to `1`.
 
@@ -858,6 +1067,7 @@ def sanity_check(
         overfit_steps,
         overfit_ratio,
         regularization_factor,
+        learning_rate_boost,
         max_seconds,
     )
     mf.check_labels_given(model, y)

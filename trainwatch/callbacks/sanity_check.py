@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from trainwatch.callbacks.base import Monitor, steps_trained
-from trainwatch.sanity import CHECKS, sanity_check
+from trainwatch.sanity import CHECKS, sanity_check, validate_options
 
 TEXT_TAG = "sanity/report"
 
@@ -15,10 +15,12 @@ class SanityCheck(Monitor):
 
     Checks the initial loss against its expected value (regularization off),
     that stronger regularizers raise the loss, and that a copy of the model
-    can overfit ~20 examples. The user's model, optimizer and random state are
-    untouched: `fit` continues exactly as it would without this callback. The
-    report goes to TensorBoard's Text tab (tag `sanity/report`) and its
-    findings to the run's findings; `self.result` keeps the `SanityReport`.
+    can overfit ~20 examples (where the loss rose at the model's learning rate
+    and falls at a lower one, the finding is `loss_diverging`: a rate too
+    high). The user's model, optimizer and random state are untouched: `fit`
+    continues exactly as it would without this callback. The report goes to
+    TensorBoard's Text tab (tag `sanity/report`) and its findings to the
+    run's findings; `self.result` keeps the `SanityReport`.
 
     Args:
         log_dir: Where to write TensorBoard logs, or `None` for no logs.
@@ -90,6 +92,7 @@ class SanityCheck(Monitor):
                 f"Unknown sanity_check option(s) {bad}; expected some of "
                 f"{self._OPTIONS}. Received: kwargs={kwargs!r}"
             )
+        validate_options(checks, **kwargs)  # a bad value fails here, not in `fit`
         self.data = tuple(data)
         self.checks = tuple(checks)
         self.options = dict(kwargs)
