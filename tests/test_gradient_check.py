@@ -453,3 +453,24 @@ def test_tiny_gradients_are_noted_and_still_judged_by_precision():
     assert result.precision == "float64"
     assert "tiny" in " ".join(result.variables[0].notes)
     assert result.passed, str(result)  # float64 keeps its relative precision
+
+
+def test_examples_masked_out_by_zero_weight_are_not_the_ones_checked():
+    """Weight 0 masks an example out; a check on masked examples only would
+    see a flat loss and say no variable gets a gradient."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    weights = np.ones(64, "float32")
+    weights[:8] = 0.0
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8, activation="tanh"),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    result = check_gradients(model, x, y, weights)
+    assert result.passed and not result.findings, [str(f) for f in result.findings]
+    assert result.examples == 8

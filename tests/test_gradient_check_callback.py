@@ -158,6 +158,42 @@ def test_on_failure_stop_and_raise():
         fit(model, fail, epochs=5)
 
 
+def test_a_network_without_gradient_is_one_finding_however_often_checked(
+    tmp_path, capsys
+):
+    model = keras.Sequential(
+        [
+            keras.Input((10,)),
+            keras.layers.Dense(12, activation="relu"),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    # Nothing moves (learning rate 0): every check sees the same network.
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.0), loss="sparse_categorical_crossentropy"
+    )
+    hidden = model.layers[0].bias
+    hidden.assign(keras.ops.full(hidden.shape, -100.0))  # every ReLU dead
+    check = GradientCheck(
+        str(tmp_path), data=data(), warmup_steps=0, wait_for_loss_drop=False, **FEW
+    )
+    fit(model, check, epochs=3)
+
+    assert [step for step, _ in check.results] == [4, 8, 12]
+    for _, result in check.results:  # each check says it, once
+        [missing] = [f for f in result.findings if f.code == "gradient_missing"]
+        assert missing.where is None
+    with open(os.path.join(tmp_path, FINDINGS_FILENAME)) as f:
+        findings = json.load(f)["findings"]
+    [missing] = [f for f in findings if f["code"] == "gradient_missing"]
+    assert missing["where"] is None and missing["step"] == 4
+    assert missing["severity"] == "error"
+    assert "No gradient reaches 3 of the 4 trainable" in missing["message"]
+    assert "dead ReLUs" in missing["message"]
+    assert "learning rate" in missing["advice"]
+    assert capsys.readouterr().err.count("gradient_missing") == 1  # printed once
+
+
 def test_float32_fallback_is_reported_and_training_goes_on():
     model = with_custom(UnregisteredDense(12))
     check = GradientCheck(

@@ -27,6 +27,11 @@ user's own model (stateless: nothing changes), with a float32 step (1e-2
 relative) and bands of what float32 resolves (nothing below 3e-2 is reported,
 wrong from 1e-1), and says so with a `gradient_check_imprecise` finding.
 
+When no variable gets a gradient, or none before some layer (saturated
+outputs, dead ReLUs, one cut after the last layer), that is one
+`gradient_missing` finding with `where=None` and the cause the check can see
+(`trainwatch.rules.no_gradient`), not one per variable.
+
 Example:
 
 >>> import keras, numpy as np
@@ -62,6 +67,8 @@ from trainwatch.numerics.relative_error import (
     judge_line,
     relative_error,
 )
+from trainwatch.rules import no_gradient
+from trainwatch.sanity import describe_loss
 
 __all__ = [
     "GradientCheckResult",
@@ -181,7 +188,9 @@ class GradientCheckResult:
         variables: One `VariableCheck` per trainable variable, in model order.
         precision: `"float64"` (the shadow model) or `"float32"` (fallback).
         findings: `Finding`s (`gradient_wrong`, `gradient_suspicious`,
-            `gradient_missing`, `gradient_check_imprecise`), step unset.
+            `gradient_missing`, `gradient_check_imprecise`), step unset; one
+            `gradient_missing` with `where=None` when no variable gets a
+            gradient, or none before some layer.
         loss: The loss at the checked weights (`LossParts`: total, data,
             regularization), or `None`.
         examples: How many examples the loss was computed on.
@@ -502,14 +511,33 @@ def _check_aligned(model, shadow):
 
 
 def _first_examples(data, count):
+    """The first `count` examples of `(x, y, sample_weight)`: the first of
+    nonzero weight when weights are given (weight 0 masks an example out:
+    a check on masked examples only would see a flat loss)."""
     to_numpy = get_backend().to_numpy
+
+    def as_array(value):
+        array = value if isinstance(value, np.ndarray) else to_numpy(value)
+        return np.asarray(array)
+
+    rows = slice(0, count)
+    weights = data[2]
+    if weights is not None and not isinstance(weights, (dict, list, tuple)):
+        w = as_array(weights)
+        if w.ndim:
+            weighted = np.flatnonzero(np.any(w.reshape(len(w), -1) != 0, axis=1))
+            if 0 < len(weighted) and weighted[min(count, len(weighted)) - 1] >= count:
+                rows = weighted[:count]  # some of the first are masked out
 
     def take(value):
         if value is None:
             return None
-        array = value if isinstance(value, np.ndarray) else to_numpy(value)
-        array = np.asarray(array)
-        return array[:count] if array.ndim else array
+        array = as_array(value)
+        if not array.ndim:
+            return array
+        if isinstance(rows, slice) or len(array) <= rows[-1]:
+            return array[:count]
+        return array[rows]
 
     return keras.tree.map_structure(take, data, none_is_leaf=True)
 
@@ -665,7 +693,89 @@ def _run(
         )
         checks.append(check)
         findings += _variable_findings(check, precision)
+    whole = _no_gradient_scope(checks, probed)
+    if whole is not None:  # (nearly) no variable gets a gradient: one finding
+        evidence = _no_gradient_evidence(
+            eval_model, user_model, (xb, yb, swb), y, loss, _count_examples(x)
+        )
+        findings = _replace_missing(
+            findings, whole.paths, no_gradient.finding(whole, evidence)
+        )
     return GradientCheckResult(checks, precision, findings, loss=loss)
+
+
+def _no_gradient_scope(checks, probed):
+    """`no_gradient.scope` of a check's variables, or `None`.
+
+    Returns `None` at once, without looking at any gradient array, when fewer
+    than two variables get no gradient: the healthy case costs nothing.
+    """
+    lacking = sum(_unused(check) or check.gradient_missing for check in checks)
+    if lacking < 2:
+        return None
+    return no_gradient.scope(
+        (check.path, check.layer, _gradient_state(check, record))
+        for check, record in zip(checks, probed)
+    )
+
+
+def _gradient_state(check, record) -> str:
+    """What the check saw of a variable's data gradient (`no_gradient` states)."""
+    if check.gradient_missing:
+        return no_gradient.CUT
+    if _unused(check):
+        return no_gradient.FLAT
+    grad = record["grads"].get("data")
+    if grad is not None and np.any(grad):
+        return no_gradient.LIVE
+    return no_gradient.OTHER
+
+
+def _unused(check) -> bool:
+    """No gradient, and the data loss does not change with the variable."""
+    return check.verdict not in ("wrong", "suspicious") and any(
+        "not used" in note for note in check.notes
+    )
+
+
+def _no_gradient_evidence(eval_model, user_model, batch, y, loss, examples):
+    """The loss kind and the predictions, for `no_gradient.finding` (one pass).
+
+    Never raises: what cannot be gathered is left out of the evidence.
+    """
+    data_loss = getattr(loss, "data", math.nan)
+    try:
+        spec = describe_loss(user_model)
+    except Exception:  # an unusual compile: the loss value alone is evidence
+        return no_gradient.evidence(data_loss, examples)
+    y_pred = None
+    if spec.kind is not None:
+        try:
+            loss_fn = mf.make_loss_function(eval_model, *batch, part="data")
+            _, (_, _, _, y_pred) = loss_fn(mf.trainable_values_with(eval_model))
+            y_pred = np.asarray(get_backend().to_numpy(y_pred), dtype=np.float64)
+        except Exception:  # no predictions: the loss value alone is evidence
+            y_pred = None
+    try:
+        return no_gradient.evidence(
+            data_loss, examples, spec.kind, spec.from_logits, y, y_pred,
+            float(keras.config.epsilon()),
+        )  # fmt: skip
+    except Exception:  # labels and predictions that do not fit together
+        return no_gradient.evidence(data_loss, examples)
+
+
+def _replace_missing(findings, paths, finding) -> list:
+    """`findings` with the `gradient_missing` of `paths` replaced by `finding`."""
+    paths = set(paths)
+    kept, position = [], None
+    for item in findings:
+        if item.code == "gradient_missing" and item.where in paths:
+            position = len(kept) if position is None else position
+            continue
+        kept.append(item)
+    kept.insert(len(kept) if position is None else position, finding)
+    return kept
 
 
 class _Probe(NamedTuple):
@@ -1036,7 +1146,7 @@ def _variable_findings(check: VariableCheck, precision) -> list:
                 where=check.path,
             )
         )
-    elif any("not used" in note for note in check.notes):
+    elif _unused(check):
         findings.append(
             Finding(
                 "gradient_missing",

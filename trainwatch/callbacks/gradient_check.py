@@ -14,7 +14,9 @@ Logged (run `train`): `gradcheck/<variable.path>` (log10 of the relative error),
 `gradcheck_estimate/<variable.path>` (log10 of the check's own error estimate),
 `gradcheck_summary/*` scalars and the table as text
 (`gradcheck_summary/table`); findings `gradient_wrong`, `gradient_suspicious`,
-`gradient_missing`, `gradient_check_imprecise`.
+`gradient_missing`, `gradient_check_imprecise`. Findings are kept once per
+`(code, where)`: a network that gets no gradient (one `gradient_missing` with
+`where=None`) is reported at the first check that sees it, not at every one.
 """
 
 from __future__ import annotations
