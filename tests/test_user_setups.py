@@ -185,3 +185,43 @@ def test_two_outputs_with_a_list_of_losses_are_checked_in_float64(container):
     result = trainwatch.check_gradients(model, x[:8], [y[:8], target[:8]])
     assert result.precision == "float64", result.message
     assert result.passed, str(result)
+
+
+# -- regression: the initial mean squared error ----------------------------------
+
+
+def fixed_regressor(kernel):
+    """A linear regressor whose untrained outputs are `x @ kernel` (no bias)."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    kernel = np.asarray(kernel, dtype="float32").reshape(4, 1)
+    model.layers[0].set_weights([kernel, np.zeros(1, dtype="float32")])
+    return model
+
+
+@pytest.mark.parametrize(
+    "kernel, status",
+    [
+        # Outputs smaller than the labels that correlate with them by chance,
+        # as an initialized network's do on real data (Glorot MLP on digits:
+        # |corr| up to 0.65): the loss moves away from mean(y**2) by the
+        # cross term. Both were `initial_loss_unexpected` warnings.
+        ([-0.7, 0.0, 0.0, 0.0], "passed"),  # raised: 2.9 against 1
+        ([0.7, 0.0, 0.0, 0.0], "passed"),  # lowered: 0.09 against 1
+        # Outputs three times as large as the labels are still reported,
+        # whether or not they correlate with them.
+        ([0.0, 3.0, 0.0, 0.0], "failed"),
+        ([3.0, 0.0, 0.0, 0.0], "failed"),
+    ],
+    ids=["anticorrelated", "correlated", "too_large", "too_large_correlated"],
+)
+def test_initial_mse_allows_for_outputs_correlated_with_the_labels(kernel, status):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 4)).astype("float32")
+    y = x[:, :1].copy()
+    report = trainwatch.sanity_check(
+        fixed_regressor(kernel), x, y, checks=["initial_loss"], verbose=0
+    )
+    assert report["initial_loss"].status == status, report["initial_loss"].summary
+    codes = [f.code for f in report.findings]
+    assert codes == ([] if status == "passed" else ["initial_loss_unexpected"])
