@@ -148,13 +148,15 @@ def _timed_fit(build, x, y, fit, callbacks):
 def one_off_seconds(first_seconds_by_part, seconds_by_part):
     """Seconds of the once-per-run work in a `TrainWatch` run.
 
-    Train begin (sanity and input/init checks, and the first distribution
-    probe when it runs there), the first gradient check, the first probe when
+    Train begin (input/init checks, and the first distribution
+    probe when it runs there), the sanity checks (at the first epoch's
+    begin), the first gradient check, the first probe when
     it came later, and the update-ratio samples of the first updates.
     """
     first = first_seconds_by_part
     seconds = seconds_by_part.get("UpdateRatio.first_updates", 0.0)
     seconds += first.get("TrainWatch.train_begin", 0.0)
+    seconds += first.get("SanityCheck.sanity", 0.0)  # at the first epoch begin
     seconds += first.get("GradientCheck.check", 0.0)
     if "Distributions.train_begin" not in first:
         seconds += first.get("Distributions.probe", 0.0)

@@ -467,6 +467,27 @@ def test_callback_takes_weighted_data_and_skips_a_trained_model(tmp_path):
     assert "already trained 4 steps" in texts[-1].text
 
 
+def test_callback_skips_a_run_resumed_from_saved_weights(tmp_path):
+    """Weights from `load_weights` leave the optimizer at step 0; the run's
+    `initial_epoch` says it resumes: a trained model is not checked as new."""
+    x, y = _data()
+    trained = _classifier(regularize=False)
+    trained.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    trained.fit(x, y, epochs=3, batch_size=16, verbose=0)
+    path = str(tmp_path / "trained.weights.h5")
+    trained.save_weights(path)
+    model = _classifier(regularize=False)
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    model.load_weights(path)
+    check = SanityCheck(str(tmp_path), data=(x, y), checks=("initial_loss",), verbose=0)
+    model.fit(
+        x, y, epochs=4, initial_epoch=3, batch_size=16, verbose=0, callbacks=[check]
+    )
+    assert check.result is None and not list(check.context.findings)
+    texts = read_events(str(tmp_path / "train"))["."].texts[TEXT_TAG]
+    assert "resumes at epoch 3" in texts[-1].text
+
+
 def test_loss_scale_optimizer_learning_rate_is_read_through_the_wrapper():
     """Mixed precision wraps the optimizer in a `LossScaleOptimizer`: its inner
     optimizer's constant rate is the one named (and boosted), and only a real

@@ -11,7 +11,11 @@ TEXT_TAG = "sanity/report"
 
 
 class SanityCheck(Monitor):
-    """Runs `trainwatch.sanity_check` on a batch of data at train begin.
+    """Runs `trainwatch.sanity_check` on a batch of data when `fit` starts.
+
+    The checks run at the first epoch's begin, before any step; a run that
+    resumes at a later epoch (`initial_epoch`) or a model that has trained
+    already skips them with a note.
 
     Checks the initial loss against its expected value (regularization off),
     that stronger regularizers raise the loss, and that a copy of the model
@@ -97,21 +101,38 @@ class SanityCheck(Monitor):
         self.checks = tuple(checks)
         self.options = dict(kwargs)
         self.result = None
+        self._due = False  # the checks wait for this fit's first epoch begin
 
     def build_batch(self):
         return self.data
 
     def begin(self):
+        # Run at this fit's first epoch begin, right after: only there does
+        # Keras say which epoch the run starts at (`initial_epoch`).
+        self._due = True
+
+    def epoch_begin(self, epoch):
+        if self._due:
+            self._due = False
+            self.guard("sanity", self._run_checks, int(epoch))
+
+    def _run_checks(self, first_epoch):
         trained = steps_trained(self._model)
-        if trained:
-            # A second `fit`, or a resumed run: the checks are about an
-            # untrained model (its initial loss, whether it can start
-            # learning), and a trained one would fail them falsely.
+        if trained or first_epoch > 0:
+            # A second `fit`, or a resumed run (weights from `load_weights`
+            # leave the optimizer at step 0, but `initial_epoch` is > 0): the
+            # checks are about an untrained model (its initial loss, whether
+            # it can start learning), and a trained one would fail them.
             self.result = None
+            done = (
+                f"has already trained {trained} steps"
+                if trained
+                else f"resumes at epoch {first_epoch} (`initial_epoch`)"
+            )
             note = (
-                f"Skipped: the model has already trained {trained} steps; "
-                "these checks are about an untrained model. Call "
-                "`trainwatch.sanity_check` on a fresh model to run them."
+                f"Skipped: the run {done}; these checks are about an untrained "
+                "model. Call `trainwatch.sanity_check` on a fresh model to run "
+                "them."
             )
             if self._verbose:
                 print(f"[trainwatch] sanity checks: {note}")
