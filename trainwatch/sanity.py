@@ -945,26 +945,17 @@ def validate_options(checks=CHECKS, **options):
     ValueError: Expected a positive integer. Received: subset_size=0
     """
     parameters = inspect.signature(sanity_check).parameters
-    unknown = [name for name in options if name not in parameters]
+    known = [n for n, p in parameters.items() if p.default is not p.empty]
+    known = [n for n in known if n not in ("checks", "verbose")]
+    unknown = [name for name in options if name not in known]
     if unknown:
-        raise ValueError(f"Unknown sanity_check option(s) {unknown}.")
-    values = {n: p.default for n, p in parameters.items() if p.default is not p.empty}
-    values.update(options)
-    _validate(
-        tuple(checks),
-        *(
-            values[name]
-            for name in (
-                "batch_size",
-                "subset_size",
-                "overfit_steps",
-                "overfit_ratio",
-                "regularization_factor",
-                "learning_rate_boost",
-                "max_seconds",
-            )
-        ),
-    )
+        raise ValueError(
+            f"Unknown sanity_check option(s) {unknown}; expected some of "
+            f"{tuple(known)}. Received: kwargs={options!r}"
+        )
+    values = {n: parameters[n].default for n in known} | options
+    validated = list(inspect.signature(_validate).parameters)[1:]  # after checks
+    _validate(tuple(checks), **{name: values[name] for name in validated})
 
 
 def sanity_check(

@@ -29,7 +29,6 @@ import math
 import operator
 import threading
 from collections import deque
-from operator import itemgetter
 
 from trainwatch.callbacks.base import Monitor
 from trainwatch.numerics.curves import batch_losses, log10_or_none, window_mean_loss
@@ -275,7 +274,7 @@ class LossCurve(Monitor):
                 items = []
                 while self._queue:
                     items.append(self._queue.popleft())
-                items.sort(key=itemgetter(0))
+                items.sort(key=operator.itemgetter(0))
                 if not self._take_in_run(items):
                     for batch, loss in items:
                         self._batch_end(int(batch), _number(loss))
@@ -354,12 +353,15 @@ class LossCurve(Monitor):
     def _points(self):
         """The epoch's recovered `(step, loss, batches)` points, in step order
         (the runs taken in so far computed first; call under the lock)."""
-        if self._unsettled:
-            for step, count_before, mean_before, means in self._unsettled:
-                losses = batch_losses(count_before, mean_before, means)
-                self._settled.extend((step + i, v, 1) for i, v in enumerate(losses))
-            self._unsettled, self._unsettled_count = [], 0
+        self._settle()
         return self._settled
+
+    def _settle(self):
+        """Computes the batch losses of the runs taken in so far."""
+        for step, count_before, mean_before, means in self._unsettled:
+            losses = batch_losses(count_before, mean_before, means)
+            self._settled.extend((step + i, v, 1) for i, v in enumerate(losses))
+        self._unsettled, self._unsettled_count = [], 0
 
     def _batch_end(self, batch, loss):
         """Takes in one running mean (called under the lock, in batch order)."""
@@ -436,7 +438,7 @@ class LossCurve(Monitor):
         self._unsettled.append((offset, first, mean_before, means[:recovered]))
         self._unsettled_count += recovered
         if self._unsettled_count > _MAX_POINTS_PER_EPOCH:
-            self._points  # noqa: B018 (computed now: memory stays bounded)
+            self._settle()  # computed now: memory stays bounded
         initial = self.initial_loss is None and first == 0
         if initial:  # the first batch's loss is its running mean
             self.initial_loss = batch_losses(0, 0.0, means[:1])[0]
