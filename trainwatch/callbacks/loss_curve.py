@@ -193,11 +193,13 @@ class LossCurve(Monitor):
         self._steps = None
         self._epoch_start_step = 0
         self._means = {}
-        # The epoch's recovered batch losses, `(step, loss, batches)`: those
-        # computed, and runs of running means whose losses are computed only
-        # when something reads `_points` (the curve rules, which often skip
-        # an epoch of short steps).
-        self._settled = deque(maxlen=_MAX_POINTS_PER_EPOCH)
+        # The epoch's recovered batch losses: those computed, as steps and
+        # losses side by side (floats and ints: no objects for Python's
+        # garbage collector to count), and runs of running means whose losses
+        # are computed only when the curve rules read them (they often skip an
+        # epoch of short steps).
+        self._settled_steps = deque(maxlen=_MAX_POINTS_PER_EPOCH)
+        self._settled_losses = deque(maxlen=_MAX_POINTS_PER_EPOCH)
         self._unsettled = []  # [(step of the first, count before, mean before, means)]
         self._unsettled_count = 0
         self._queue = deque()
@@ -226,7 +228,8 @@ class LossCurve(Monitor):
         self._epoch_start_step = self.context.step
         with self._lock:
             self._means = {}
-            self._settled.clear()
+            self._settled_steps.clear()
+            self._settled_losses.clear()
             self._unsettled, self._unsettled_count = [], 0
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -351,16 +354,16 @@ class LossCurve(Monitor):
     # -- internals -----------------------------------------------------------
     @property
     def _points(self):
-        """The epoch's recovered `(step, loss, batches)` points, in step order
-        (the runs taken in so far computed first; call under the lock)."""
+        """The epoch's recovered `(step, loss)` points, in step order (the runs
+        taken in so far computed first; call under the lock)."""
         self._settle()
-        return self._settled
+        return list(zip(self._settled_steps, self._settled_losses))
 
     def _settle(self):
         """Computes the batch losses of the runs taken in so far."""
         for step, count_before, mean_before, means in self._unsettled:
-            losses = batch_losses(count_before, mean_before, means)
-            self._settled.extend((step + i, v, 1) for i, v in enumerate(losses))
+            self._settled_steps.extend(range(step, step + len(means)))
+            self._settled_losses.extend(batch_losses(count_before, mean_before, means))
         self._unsettled, self._unsettled_count = [], 0
 
     def _batch_end(self, batch, loss):
@@ -485,11 +488,12 @@ class LossCurve(Monitor):
         value = window_mean_loss(count_before, mean_before, count_after, mean_after)
         start = self._epoch_start_step
         step = start + count_after
-        batches = count_after - count_before
         initial = self.initial_loss is None and count_before == 0
         if initial:
             self.initial_loss = value
-        self._points.append((step, value, batches))
+        self._settle()  # in step order
+        self._settled_steps.append(step)
+        self._settled_losses.append(value)
         freq = self.update_freq
         if freq == "epoch" or (
             not initial
@@ -533,8 +537,8 @@ class LossCurve(Monitor):
         step = self.context.step
         g = self._global_epoch
         with self._lock:
-            points = list(self._points)
-        losses = [p[1] for p in points]
+            self._settle()
+            steps, losses = list(self._settled_steps), list(self._settled_losses)
         findings = [
             dynamics.loss_diverging(
                 self.history.get("loss", ()),
@@ -553,7 +557,7 @@ class LossCurve(Monitor):
             dynamics.loss_noisy(
                 losses,
                 self.initial_loss,
-                steps=[p[0] for p in points],
+                steps=steps,
                 step=step,
                 epoch=g,
                 batches_per_point=self._steps_per_execution,

@@ -178,7 +178,7 @@ class UpdateRatio(Monitor):
             sample step from `update_freq` on is skipped while this
             callback's time so far (its samples, the ratios' logging and
             rules) is above it; the samples of the first updates are always
-            taken. `None` takes every sample step. Defaults to `0.01`.
+            taken. `None` takes every sample step. Defaults to `0.005`.
         verbose: 0 silent, 1 print each new warning or error finding.
             Defaults to `1`.
 
@@ -202,7 +202,7 @@ class UpdateRatio(Monitor):
         band=(1e-4, 1e-2),
         warn_below=3e-5,
         warn_above=1e-1,
-        time_share=0.01,
+        time_share=0.005,
         verbose=1,
     ):
         super().__init__(log_dir=log_dir, verbose=verbose)

@@ -13,6 +13,7 @@ measured and what to try.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -62,18 +63,36 @@ UNDERFITTING_ADVICE = (
 )
 
 
+# The rules see a few dozen numbers (epochs, the latest batch losses): plain
+# Python floats, not numpy, whose per-call cost dominates at that size (and
+# whose calls during a JAX `fit` hand the GIL to Keras's callback threads).
+
+
+def _as_float(value):
+    """`value` as a float; `nan` for `None` or what is not one number."""
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _finite(values):
-    array = np.asarray([np.nan if v is None else v for v in values], np.float64)
-    return array[np.isfinite(array)]
+    """The finite entries of `values` as floats, in order (`None` left out)."""
+    numbers = (_as_float(v) for v in values)
+    return [v for v in numbers if math.isfinite(v)]
 
 
 def _pairs(first, second):
-    """`(n, 2)` array of the aligned entries where both are finite numbers."""
-    n = min(len(first), len(second))
-    array = np.array([list(first[:n]), list(second[:n])], dtype=np.float64).T.reshape(
-        n, 2
-    )
-    return array[np.isfinite(array).all(axis=1)]
+    """The aligned `(first, second)` entries where both are finite numbers."""
+    pairs = zip(map(_as_float, first), map(_as_float, second))
+    return [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+
+
+def _rising(values):
+    """Whether each value is above the one before."""
+    return all(b > a for a, b in zip(values, values[1:]))
 
 
 def loss_nan(value, step=None, epoch=None, stopping=False, where=None) -> Finding:
@@ -163,14 +182,14 @@ def loss_diverging(
     recent = _finite(recent_losses)
     epochs = _finite(epoch_losses)
     noise = 0.0  # robust spread of log(batch loss)
-    if recent.size >= 5:
-        level, what = float(np.median(recent)), "The recent per-batch loss (median)"
-        positive = recent[recent > 0]
-        if positive.size >= 5:
-            logs = np.log(positive)
-            noise = 1.4826 * float(np.median(np.abs(logs - np.median(logs))))
-    elif epochs.size:
-        level, what = float(epochs[-1]), "The last epoch's loss"
+    if len(recent) >= 5:
+        level, what = statistics.median(recent), "The recent per-batch loss (median)"
+        logs = [math.log(v) for v in recent if v > 0]
+        if len(logs) >= 5:
+            center = statistics.median(logs)
+            noise = 1.4826 * statistics.median([abs(v - center) for v in logs])
+    elif epochs:
+        level, what = epochs[-1], "The last epoch's loss"
     else:
         return None
     if initial_loss is not None and math.isfinite(initial_loss) and initial_loss > 0:
@@ -185,10 +204,10 @@ def loss_diverging(
                 step=step,
                 epoch=epoch,
             )
-    if epochs.size > rise_epochs:
-        tail = epochs[-(rise_epochs + 1) :]
-        best = float(epochs.min())
-        if np.all(np.diff(tail) > 0) and best > 0 and epochs[-1] > rise_factor * best:
+    if len(epochs) > rise_epochs:
+        best = min(epochs)
+        rose = _rising(epochs[-(rise_epochs + 1) :])
+        if rose and best > 0 and epochs[-1] > rise_factor * best:
             return Finding(
                 "loss_diverging",
                 "warning",
@@ -252,13 +271,13 @@ def loss_plateau(
     True
     """
     epochs = _finite(epoch_losses)
-    if epochs.size < min_epochs or steps_seen < min_steps:
+    if len(epochs) < min_epochs or steps_seen < min_steps:
         return None
-    first = float(epochs[0])
+    first = epochs[0]
     initial = first
     if initial_loss is not None and math.isfinite(initial_loss) and initial_loss > 0:
         initial = float(initial_loss)
-    last = float(epochs[-1])
+    last = epochs[-1]
     if (
         first <= 0
         or last <= 0
@@ -272,7 +291,7 @@ def loss_plateau(
         return Finding(
             "loss_plateau",
             "warning",
-            f"The epoch loss {change} in {epochs.size} epochs ({steps_seen} "
+            f"The epoch loss {change} in {len(epochs)} epochs ({steps_seen} "
             f"steps), from {first:.4g} to {last:.4g} (first batch: {initial:.4g}): "
             "a straight, slow line.",
             "The learning rate is most likely too low: raise it 10x (see the "
@@ -281,8 +300,8 @@ def loss_plateau(
             step=step,
             epoch=epoch,
         )
-    if epochs.size > patience:
-        before = float(epochs[-(patience + 1)])
+    if len(epochs) > patience:
+        before = epochs[-(patience + 1)]
         stall = (before - last) / before
         if stall < stall_drop:
             return Finding(
@@ -438,8 +457,8 @@ def overfitting(
         if len(pairs) >= persist:
             t, v = pairs[-1]
             recent = pairs[-persist:]
-            needed = score_gap + z * _score_noise(recent[:, 1], val_examples)
-            if np.all(recent[:, 0] - recent[:, 1] > needed):
+            noise = _score_noise([b for _, b in recent], val_examples)
+            if all(a - b > score_gap + z * n for (a, b), n in zip(recent, noise)):
                 on = f" on {val_examples} validation examples" if val_examples else ""
                 return Finding(
                     "overfitting",
@@ -454,11 +473,10 @@ def overfitting(
                 )
     pairs = _pairs(train_losses, val_losses)
     if len(pairs) > patience:
-        train, val = pairs.T
-        best = int(np.argmin(val))
-        tail_val = val[-(patience + 1) :]
+        train, val = [a for a, _ in pairs], [b for _, b in pairs]
+        best = min(range(len(val)), key=val.__getitem__)  # the first minimum
         if (
-            np.all(np.diff(tail_val) > 0)
+            _rising(val[-(patience + 1) :])
             and val[-1] > (1 + rise) * val[best]
             and train[-1] < train[best]
         ):
@@ -481,15 +499,15 @@ def _score_noise(val_scores, val_examples):
 
     Example:
 
-    >>> _score_noise(np.array([0.84, 0.5]), 100).round(3).tolist()
-    [0.037, 0.05]
+    >>> [round(n, 3) for n in _score_noise([0.84, 0.5, 1.2], 100)]
+    [0.037, 0.05, 0.0]
     """
-    scores = np.asarray(val_scores, dtype=float)
     if not val_examples or val_examples <= 0:
-        return np.zeros_like(scores)
-    proportion = np.clip(scores, 0.0, 1.0)
-    noise = np.sqrt(proportion * (1.0 - proportion) / float(val_examples))
-    return np.where((scores >= 0.0) & (scores <= 1.0), noise, 0.0)
+        return [0.0] * len(val_scores)
+    return [
+        math.sqrt(v * (1.0 - v) / float(val_examples)) if 0.0 <= v <= 1.0 else 0.0
+        for v in val_scores
+    ]
 
 
 def underfitting(
@@ -580,11 +598,11 @@ def underfitting(
             if fall > min_loss_drop * abs(float(losses[kept[-1]])):
                 return None
     val = _finite(val_scores)
-    if val.size:
-        gap = last - float(val[-1])
+    if val:
+        gap = last - val[-1]
         if gap > small_gap:
             return None
-        detail = f"validation {float(val[-1]):.4g}, a gap of only {gap:.3g}"
+        detail = f"validation {val[-1]:.4g}, a gap of only {gap:.3g}"
     else:
         detail = "no validation data to compare"
     return Finding(
