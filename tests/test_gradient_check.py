@@ -87,7 +87,8 @@ class HalfGradientL2(keras.regularizers.Regularizer):
 
 
 class UnregisteredDense(keras.layers.Dense):
-    """Not registered for serialization: no float64 copy can be built."""
+    """Not registered, and its `get_config` (Dense's) leaves out `scale`: the
+    float64 copy has the same loss but other gradients."""
 
     def __init__(self, units, scale=1.0, **kwargs):
         super().__init__(units, **kwargs)
@@ -98,6 +99,18 @@ class UnregisteredDense(keras.layers.Dense):
             self.kernel * (1 - self.scale)
         )
         return ops.tanh(ops.matmul(x, kernel) + self.bias)
+
+
+class ForgetfulDense(keras.layers.Dense):
+    """Its `get_config` (Dense's) leaves out `shift`: the float64 copy rebuilt
+    from it computes another loss."""
+
+    def __init__(self, units, shift=0.0, **kwargs):
+        super().__init__(units, **kwargs)
+        self.shift = shift
+
+    def call(self, x):
+        return ops.matmul(x, self.kernel) + self.bias + self.shift
 
 
 class NoConfigModel(keras.Model):
@@ -392,11 +405,11 @@ def test_non_finite_loss_is_inconclusive():
     assert "not finite" in str(result)
 
 
-@pytest.mark.parametrize("kind", ["unregistered_layer", "subclassed_without_config"])
+@pytest.mark.parametrize("kind", ["config_leaves_out_an_argument", "no_config"])
 def test_float32_fallback_when_no_float64_copy(kind):
     x, y = batch()
-    if kind == "unregistered_layer":
-        model = with_custom(UnregisteredDense(12))
+    if kind == "config_leaves_out_an_argument":
+        model = with_custom(ForgetfulDense(12, shift=0.5))
     else:
         model = NoConfigModel()
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
@@ -406,6 +419,8 @@ def test_float32_fallback_when_no_float64_copy(kind):
     assert result.precision == "float32"
     assert result.findings[0].code == "gradient_check_imprecise"
     assert "float32" in result.message
+    if kind == "config_leaves_out_an_argument":
+        assert "computes another data loss" in result.message
     assert result.passed, str(result)
     assert not [v for v in result.variables if v.verdict in ("wrong", "suspicious")]
     for before, variable in zip(weights, model.weights):
@@ -415,9 +430,12 @@ def test_float32_fallback_when_no_float64_copy(kind):
 
 
 def test_float32_fallback_still_catches_a_gross_error():
+    # The float64 copy would have the right gradients (scale 1, from the
+    # config): trusted, it would pass the model's wrong ones.
     model = with_custom(UnregisteredDense(12, scale=0.5, name="halved"))
     result = check_gradients(model, *batch(), coordinates=2)
     assert result.precision == "float32"
+    assert "gets other gradients for" in result.message
     wrong = {v.path for v in result.variables if v.verdict == "wrong"}
     assert wrong == {
         next(v.path for v in model.trainable_variables if "halved/kernel" in v.path)

@@ -7,8 +7,8 @@ import keras
 import pytest
 from keras.src.utils import python_utils
 from test_gradient_check import (  # noqa: F401 (a fixture)
+    ForgetfulDense,
     GradScaledDense,
-    UnregisteredDense,
     _one_torch_thread,
     batch,
     with_custom,
@@ -195,7 +195,7 @@ def test_a_network_without_gradient_is_one_finding_however_often_checked(
 
 
 def test_float32_fallback_is_reported_and_training_goes_on():
-    model = with_custom(UnregisteredDense(12))
+    model = with_custom(ForgetfulDense(12, shift=0.5))  # no float64 copy
     check = GradientCheck(
         data=data(),
         warmup_steps=0,

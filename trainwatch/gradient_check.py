@@ -423,9 +423,16 @@ def check_gradients(
         message = ""
         if precision in ("auto", "float64"):
             try:
+                reference = None
+                if float64.uses_user_code(model):  # the model's own, in float32
+                    reference = _gradients(model, x, y, sample_weight, "float32")
                 with float64.float64_mode():
                     shadow = float64.float64_shadow(model)
                     _check_aligned(model, shadow)
+                    if reference is not None:
+                        _check_same_function(
+                            model, shadow, (x, y, sample_weight), reference
+                        )
                     result = _run(
                         shadow, model, x, y, sample_weight, "float64",
                         relative_step, **options,
@@ -463,10 +470,10 @@ def check_gradients(
                     "gradient_check_imprecise",
                     "warning",
                     message,
-                    "Register custom layers with "
-                    "`@keras.saving.register_keras_serializable()` and give "
-                    "them (and subclassed models) a `get_config()`, so the "
-                    "check can rebuild the model in float64.",
+                    "Give custom layers (and subclassed models) a "
+                    "`get_config()` that lists all their constructor "
+                    "arguments, so that the check can rebuild the model in "
+                    "float64.",
                 ),
             )
     result.examples = examples
@@ -498,6 +505,65 @@ def _short_reason(error) -> str:
     if not isinstance(error, float64.Float64Unavailable):
         first = f"the float64 copy failed: {type(error).__name__}: {first}"
     return first
+
+
+# How far the float64 copy's loss and gradients may lie from the model's own,
+# relative to them, by the model's compute dtype. In float32 round-off moves a
+# loss by ~1e-6 of it and a gradient by ~1e-5 (more where a ReLU input lies
+# within round-off of 0); a `get_config` that leaves out an argument usually
+# moves them by far more.
+_SAME_FUNCTION_TOLERANCE = {"float16": (3e-2, 1e-1), "bfloat16": (2e-1, 3e-1)}
+_SAME_FUNCTION_TOLERANCE_FLOAT32 = (1e-4, 1e-2)
+
+
+def _gradients(model, x, y, sample_weight, precision):
+    batch = [mf.convert_batch(part, precision) for part in (x, y, sample_weight)]
+    return mf.compute_gradients(model, *batch, part="data")
+
+
+def _check_same_function(model, shadow, batch, reference):
+    """Raises `Float64Unavailable` unless the float64 copy computes the model's
+    loss (data and regularization parts) and data gradients on the batch.
+
+    A copy rebuilt with custom classes is only as faithful as their
+    `get_config`: one that leaves out a constructor argument rebuilds another
+    function (or the same loss with other gradients, behind a
+    `stop_gradient`), and a check of that would say nothing about the user's.
+    """
+    copied = _gradients(shadow, *batch, "float64")
+    policy = getattr(model, "dtype_policy", None)
+    compute = str(getattr(policy, "compute_dtype", "float32"))
+    loss_tolerance, gradient_tolerance = _SAME_FUNCTION_TOLERANCE.get(
+        compute, _SAME_FUNCTION_TOLERANCE_FLOAT32
+    )
+    advice = "a custom layer's `get_config` probably leaves out an argument"
+    losses = [float(v) for v in (*reference.loss, *copied.loss)]
+    if not all(map(math.isfinite, losses)):
+        return  # nothing to compare: the check itself reports a non-finite loss
+    for part in ("data", "regularization"):
+        ours = float(getattr(reference.loss, part))
+        theirs = float(getattr(copied.loss, part))
+        scale = max(abs(ours), abs(theirs))
+        if not abs(ours - theirs) <= loss_tolerance * scale + 1e-6:
+            raise float64.Float64Unavailable(
+                f"the float64 copy of {model.name!r} computes another {part} "
+                f"loss than the model ({theirs:.7g} against {ours:.7g}): {advice}"
+            )
+    variables = model.trainable_variables
+    for variable, ours, theirs in zip(
+        variables, reference.gradients, copied.gradients
+    ):
+        ours = np.zeros(variable.shape) if ours is None else np.asarray(ours)
+        theirs = np.zeros(variable.shape) if theirs is None else np.asarray(theirs)
+        ours, theirs = ours.astype(np.float64), theirs.astype(np.float64)
+        scale = max(np.linalg.norm(ours), np.linalg.norm(theirs))
+        difference = float(np.linalg.norm(ours - theirs))
+        if math.isfinite(difference) and difference > gradient_tolerance * scale:
+            raise float64.Float64Unavailable(
+                f"the float64 copy of {model.name!r} gets other gradients for "
+                f"{variable.path} than the model (they differ by "
+                f"{difference / scale:.2g} of their size): {advice}"
+            )
 
 
 def _check_aligned(model, shadow):
@@ -1016,6 +1082,12 @@ def _judge_variable(variable, record, pooled, loss, eps, thresholds, precision):
             notes.append(
                 _roundoff_note(part, part_lines, roundoff, overall, value_scale)
             )
+        elif (
+            precision == "float64"
+            and overall > _LOW_PRECISION_ROUNDOFF * value_scale
+            and any(line.verdict == "inconclusive" for line in part_lines)
+        ):
+            notes.append(_low_precision_note(part, overall, value_scale))
         part_verdict = combine_verdicts(line.verdict for line in part_lines)
         zero_gradient = grad is not None and not np.any(grad)
         if grad is None or zero_gradient:
@@ -1076,6 +1148,25 @@ def _roundoff_note(part, lines, roundoff, overall, value_scale) -> str:
         "float32 on this backend). This is neither a kink nor a bug; the check "
         f"can resolve this variable's gradient only to ~{_fmt(precision)} "
         "(relative)."
+    )
+
+
+# Round-off of the whole float64 loss, relative to it, from which a lower
+# precision somewhere in the model is the likelier cause (float64 arithmetic
+# leaves ~1e-16 to 1e-14, float32 ~1e-7).
+_LOW_PRECISION_ROUNDOFF = 1e-11
+
+
+def _low_precision_note(part, overall, value_scale) -> str:
+    """Says why a float64 check is imprecise throughout: the copy is not all
+    float64 (a custom layer that casts to float32)."""
+    return (
+        f"the {part} loss carries round-off of {_fmt(overall / value_scale)} of "
+        "its value throughout the model (float64 arithmetic gives ~1e-16, "
+        "float32 ~1e-7): a layer computes in a lower precision than float64 "
+        "inside the check (a hard-coded cast to float32, or an op that computes "
+        "in float32 on this backend), which blurs the check of the variables "
+        "before it. This is neither a kink nor a bug."
     )
 
 

@@ -21,6 +21,13 @@ way, and both are handled here:
 
 The user's model, its optimizer and the global Keras settings are left as they
 were: only the shadow's own variables are written.
+
+Custom layers, activations, regularizers and `Lambda` layers are rebuilt from
+the live classes and functions the model holds (registered with Keras or not).
+Their configs are the user's own: one that leaves out a constructor argument
+rebuilds another function, so for a model that `uses_user_code` the gradient
+check compares the shadow's loss and gradients with the model's before it
+trusts the shadow.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import types
 import weakref
 
 import keras
@@ -222,6 +230,88 @@ def _float64_loss(loss):
     return loss  # a string (rebuilt under floatx float64) or a plain function
 
 
+_CONFIGURED_OBJECTS = (
+    keras.regularizers.Regularizer,
+    keras.constraints.Constraint,
+    keras.initializers.Initializer,
+)
+
+
+def _is_keras_own(obj) -> bool:
+    return getattr(obj, "__module__", "").split(".")[0] == "keras"
+
+
+def user_objects(model) -> dict:
+    """The user's classes and functions a model's config refers to, by name.
+
+    Layer classes (the model's own too), and the functions and regularizer,
+    constraint or initializer objects its layers hold (a custom activation),
+    that do not come from Keras, under both their class or function name and
+    their registered name: what `deserialize_keras_object` needs as
+    `custom_objects` to rebuild the model whether they were registered or not.
+
+    Example:
+
+    >>> def swish(x):
+    ...     return x * keras.ops.sigmoid(x)
+    >>> model = keras.Sequential([keras.layers.Dense(2, activation=swish)])
+    >>> sorted(user_objects(model))
+    ['swish']
+    """
+    found = {}
+
+    def add(obj):
+        if _is_keras_own(obj):
+            return
+        name = getattr(obj, "__name__", None)
+        if not name or name == "<lambda>":
+            return  # a lambda has no name to be found by
+        found[name] = obj
+        try:
+            found[keras.saving.get_registered_name(obj)] = obj
+        except Exception:  # no registered name: the plain one serves
+            pass
+
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        add(type(layer))
+        for value in vars(layer).values():
+            if isinstance(value, types.FunctionType) and not _is_method(value):
+                add(value)
+            elif isinstance(value, _CONFIGURED_OBJECTS):
+                add(type(value))
+    return found
+
+
+def _is_method(function) -> bool:
+    """A function defined in a class (Keras keeps a layer's wrapped `build`
+    on the instance), not a module's or a local one."""
+    qualified = function.__qualname__
+    return qualified != function.__name__ and not qualified.endswith(
+        f"<locals>.{function.__name__}"
+    )
+
+
+def _has_lambda(model) -> bool:
+    return any(
+        isinstance(layer, keras.layers.Lambda)
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+    )
+
+
+def uses_user_code(model) -> bool:
+    """Whether the float64 shadow of `model` is rebuilt with the user's own
+    classes or functions (custom layers, activations, `Lambda` layers), whose
+    configs may leave something out: it then computes the model's function
+    only if their losses and gradients agree.
+
+    Example:
+
+    >>> uses_user_code(keras.Sequential([keras.layers.Dense(2)]))
+    False
+    """
+    return bool(user_objects(model)) or _has_lambda(model)
+
+
 def make_float64_shadow(model):
     """Rebuilds `model` in float64, copies its weights and compiles its loss.
 
@@ -233,11 +323,14 @@ def make_float64_shadow(model):
 
     Returns:
         A new `keras.Model` whose variables hold the user's values in float64.
+        Custom classes and functions are taken from the model itself
+        (`user_objects`).
 
     Raises:
         Float64Unavailable: the model cannot be serialized and rebuilt (e.g. a
-            subclassed model without `get_config`, an unregistered custom layer),
-            or the rebuilt model's variables do not match the original's.
+            subclassed model or custom layer whose `get_config` does not list
+            its constructor arguments), or the rebuilt model's variables do not
+            match the original's.
 
     Example:
 
@@ -246,19 +339,25 @@ def make_float64_shadow(model):
     """
     if keras.config.floatx() != "float64":
         raise RuntimeError("make_float64_shadow must run inside float64_mode().")
+    live = user_objects(model)
+    has_lambda = _has_lambda(model)
     try:
         with model_copy.tensorflow_left_unimported():
             serialized = keras.saving.serialize_keras_object(model)
             serialized = dict(serialized)
             serialized.pop("compile_config", None)
             serialized = _retype(serialized)
-            shadow = keras.saving.deserialize_keras_object(serialized)
+            # `safe_mode=False` lets a `Lambda` layer's function come back: it
+            # is the user's own, serialized a moment ago in this process.
+            shadow = keras.saving.deserialize_keras_object(
+                serialized, custom_objects=live, safe_mode=not has_lambda
+            )
     except Exception as error:  # any failure to rebuild means "no float64 copy"
         raise Float64Unavailable(
             f"Could not rebuild model {model.name!r} from its config in float64 "
-            f"({type(error).__name__}: {error}). Register custom layers with "
-            "`@keras.saving.register_keras_serializable()` and give them a "
-            "`get_config()` that lists their constructor arguments."
+            f"({type(error).__name__}: {error}). Give custom layers (and "
+            "subclassed models) a `get_config()` that lists their constructor "
+            "arguments."
         ) from error
     if not shadow.built:
         build_config = (

@@ -1,0 +1,110 @@
+"""The float64 check of models built from the user's own code: custom layers
+(registered or not), `Lambda` layers, custom activations, `add_loss`, and a
+layer hard-wired to float32."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from trainwatch.backends import float64
+from trainwatch.gradient_check import check_gradients
+
+
+class Scale(keras.layers.Layer):
+    """Not registered; its config lists its one argument."""
+
+    def __init__(self, factor=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def build(self, input_shape):
+        self.gain = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x * self.gain * self.factor
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+class PenalizesActivity(keras.layers.Layer):
+    def call(self, x):
+        self.add_loss(1e-2 * ops.sum(ops.square(x)))
+        return x
+
+
+class HardWiredFloat32(keras.layers.Layer):
+    def build(self, input_shape):
+        self.gain = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return ops.cast(x, "float32") * ops.cast(self.gain, "float32")
+
+
+def soft_sign_squared(x):
+    return x * ops.abs(x) / (1.0 + ops.square(x))
+
+
+def model_with(layer):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(5, activation="tanh"),
+            layer,
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    return model
+
+
+def batch():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(16, 6)).astype("float32"), rng.integers(0, 3, size=16)
+
+
+LAYERS = {
+    "unregistered_layer": lambda: Scale(2.0),
+    "lambda_layer": lambda: keras.layers.Lambda(lambda t: 2.0 * t),
+    "custom_activation": lambda: keras.layers.Dense(5, activation=soft_sign_squared),
+    "add_loss_layer": lambda: PenalizesActivity(),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_user_code_is_checked_in_float64(kind):
+    model = model_with(LAYERS[kind]())
+    assert float64.uses_user_code(model)
+    weights = [np.array(w) for w in model.get_weights()]
+    result = check_gradients(model, *batch())
+    assert result.precision == "float64", result.message
+    assert result.passed, str(result)
+    assert not result.findings, str(result)
+    # float32 differences would leave ~1e-4 on this model; float64 ~1e-8
+    assert result.max_relative_error < 1e-6, str(result)
+    if kind == "add_loss_layer":
+        assert result.loss.regularization > 0  # the layer's loss, checked apart
+    for before, after in zip(weights, model.get_weights()):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_keras_layers_alone_are_not_user_code():
+    model = model_with(keras.layers.Dense(5, activation="relu"))
+    assert not float64.uses_user_code(model)
+    assert float64.user_objects(model_with(Scale())) == {
+        "Scale": Scale,
+        keras.saving.get_registered_name(Scale): Scale,
+    }
+
+
+def test_a_layer_hard_wired_to_float32_is_imprecise_not_wrong():
+    model = model_with(HardWiredFloat32())
+    result = check_gradients(model, *batch())
+    assert result.precision == "float64"
+    assert not [v for v in result.variables if v.verdict in ("wrong", "suspicious")]
+    blurred = [v for v in result.variables if v.verdict == "inconclusive"]
+    assert blurred, str(result)
+    for variable in blurred:
+        assert any("lower precision than float64" in n for n in variable.notes)
