@@ -38,6 +38,7 @@ CODES = (
     "underfitting",
     "inputs_not_normalized",
     "inputs_constant",
+    "targets_not_normalized",
     "init_scale_unusual",
     "loss_noisy",
     "weights_nan",

@@ -42,6 +42,7 @@ from trainwatch.backends import get_backend, model_copy
 from trainwatch.backends import model_functions as mf
 from trainwatch.findings import Finding
 from trainwatch.numerics import expected_loss as el
+from trainwatch.rules import targets
 
 CHECKS = ("initial_loss", "regularization", "overfit")
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
@@ -325,6 +326,20 @@ def _check_initial_loss(model, x, y, spec, rtol) -> CheckResult:
         y_pred = _forward(model, xb)
     if isinstance(y_pred, (list, tuple, dict)):
         return CheckResult(name, SKIPPED, "several outputs: skipped", values, ())
+    scale_findings = ()
+    if spec.kind == el.MEAN_SQUARED_ERROR or targets.is_regression_loss(spec.name):
+        try:
+            scale = targets.target_scale(_to_numpy(y), _to_numpy(y_pred), spec.name)
+        except (TypeError, ValueError):  # targets of another structure: not judged
+            scale = None
+        scale_findings = () if scale is None else (scale,)
+    result = _judge_initial_loss(model, xb, yb, y, y_pred, data_loss, spec, rtol)
+    return result._replace(findings=result.findings + scale_findings)
+
+
+def _judge_initial_loss(model, xb, yb, y, y_pred, data_loss, spec, rtol):
+    name = "initial_loss"
+    values = {"loss_name": spec.name, "examples": _length(xb)}
     problems = []
     try:
         if data_loss is None:

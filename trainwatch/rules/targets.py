@@ -1,0 +1,124 @@
+"""Rule: regression targets far from the scale an untrained network outputs.
+
+An untrained network with standardized inputs and Glorot/He weights outputs
+numbers of order 1. Targets in the thousands (prices, counts, Kelvin) make it
+first grow its outputs a thousandfold: with Adam's steps of about the learning
+rate that takes tens of thousands of steps, with SGD the first gradients are
+huge and the run diverges, and either way the early loss curve only says
+"the scale is wrong". Targets around 1e-4 (returns, rates) drown in the
+output noise the other way round. Standardizing the targets fixes both.
+
+Judged on the sanity check's examples, against what the model outputs there
+before training, so a model that already produces the targets' scale (an
+output `Rescaling`, a bias started at the mean) is not flagged.
+
+Pure function: numpy arrays in, one `Finding` or `None` out.
+
+Example:
+
+>>> y = np.array([[210_000.0], [340_000.0], [185_000.0], [260_000.0]])
+>>> target_scale(y, np.full((4, 1), 0.3), "mse").code
+'targets_not_normalized'
+>>> target_scale(np.array([[0.4], [-1.2], [0.9]]), np.zeros((3, 1)), "mse")
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trainwatch.findings import Finding
+
+__all__ = ["REGRESSION_LOSSES", "is_regression_loss", "target_scale"]
+
+# Loss names (lower case, no underscores) whose targets are numbers to match.
+REGRESSION_LOSSES = frozenset(
+    {
+        "mse",
+        "meansquarederror",
+        "mae",
+        "meanabsoluteerror",
+        "huber",
+        "huberloss",
+        "logcosh",
+    }
+)
+_SQUARED = frozenset({"mse", "meansquarederror"})
+# Targets this many times larger than the untrained outputs (or than 1, if
+# those are smaller) are far off, and so are targets smaller than `_TINY`.
+_LARGER = 10.0
+_TINY = 1e-2
+
+ADVICE = (
+    "Standardize the targets with the training set's mean and std "
+    "(y_scaled = (y - mean) / std; predictions * std + mean give them back), "
+    "or start the output layer at their scale "
+    "(`bias_initializer=keras.initializers.Constant(mean)`)."
+)
+
+
+def is_regression_loss(name) -> bool:
+    """Whether a loss name (`"mse"`, `"MeanAbsoluteError"`, …) is a regression loss.
+
+    Example:
+
+    >>> is_regression_loss("mean_squared_error"), is_regression_loss("Huber")
+    (True, True)
+    """
+    return str(name).replace("_", "").lower() in REGRESSION_LOSSES
+
+
+def _rms(values) -> float:
+    return float(np.sqrt(np.mean(np.square(values))))
+
+
+def target_scale(y_true, y_pred, loss_name, where=None) -> Finding | None:
+    """`targets_not_normalized` when regression targets are far off the outputs' scale.
+
+    Args:
+        y_true: The targets of some training examples.
+        y_pred: What the untrained model outputs for them.
+        loss_name: The loss's name, for the message.
+        where: Output name, for a model with several. Defaults to `None`.
+
+    Returns:
+        A `targets_not_normalized` warning, or `None` (also for targets that
+        are not finite numbers, or all zero).
+    """
+    targets = np.asarray(y_true, dtype=np.float64)
+    outputs = np.asarray(y_pred, dtype=np.float64)
+    if targets.size == 0 or not np.all(np.isfinite(targets)) or not np.any(targets):
+        return None
+    target_rms = _rms(targets)
+    output_rms = _rms(outputs[np.isfinite(outputs)]) if outputs.size else 0.0
+    mean, std = float(np.mean(targets)), float(np.std(targets))
+    described = (
+        f"The regression targets ({loss_name}) have mean {mean:.4g} and std "
+        f"{std:.4g} (RMS {target_rms:.3g}) on {targets.shape[0]} examples"
+    )
+    if target_rms > _LARGER * max(output_rms, 1.0):
+        squared = str(loss_name).replace("_", "").lower() in _SQUARED
+        loss_scale = target_rms**2 if squared else target_rms  # else ~linear
+        return Finding(
+            "targets_not_normalized",
+            "warning",
+            f"{described}, while the untrained model outputs numbers of RMS "
+            f"{output_rms:.3g}: it must first grow its outputs "
+            f"{target_rms / max(output_rms, 1e-12):.3g}-fold. The initial loss is "
+            f"about {loss_scale:.3g}; with Adam that scale takes many thousands "
+            "of steps to reach, with SGD the first gradients are huge and "
+            "training is likely to diverge.",
+            ADVICE,
+            where=where,
+        )
+    if target_rms < _TINY and output_rms > 10.0 * target_rms:
+        return Finding(
+            "targets_not_normalized",
+            "warning",
+            f"{described}, far below the untrained model's outputs (RMS "
+            f"{output_rms:.3g}): the loss first measures the output noise, and "
+            "once the outputs have shrunk, losses and gradients are tiny "
+            f"(a loss of {target_rms**2:.2g} looks converged when it is not).",
+            ADVICE,
+            where=where,
+        )
+    return None
