@@ -231,6 +231,8 @@ def test_loss_nan_reported_at_its_step(tmp_path, stop_on_nan):
     assert len(findings) == 1
     assert findings[0].step == 3 and findings[0].severity == "error"
     assert len(history.history["loss"]) == (1 if stop_on_nan else 3)
+    # nan weights have chance accuracy: no verdict on the model's capacity
+    assert "underfitting" not in {f.code for f in curve.context.findings}
     runs = read_events(tmp_path)
     assert "loss_nan" in runs["train"].texts["trainwatch/findings"][-1].text
 

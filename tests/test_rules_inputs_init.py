@@ -243,3 +243,21 @@ def test_heads_may_start_small_but_not_large():
     assert initialization.kernel_findings([zeros, small], heads=["head"]) == []
     (finding,) = initialization.kernel_findings([large], heads=["head"])
     assert "too large" in finding.message
+
+
+def test_nan_and_inf_in_inputs_are_an_error_measured_apart():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(64, 4))
+    x[5, 1], x[9, 1], x[9, 3] = np.nan, np.inf, np.nan
+    stats = input_stats.summarize_input(x, name="features")
+    assert stats.non_finite.tolist() == [0, 2, 0, 1]
+    assert stats.examples_non_finite == 2
+    # the other statistics leave them out
+    assert np.isfinite(stats.mean).all() and np.isfinite(stats.std).all()
+    found = inputs.input_findings([stats])
+    [finding] = [f for f in found if f.code == "inputs_not_finite"]
+    assert finding.severity == "error" and finding.where == "features"
+    assert "3 nan or inf value(s) in 2 of the 64 examples" in finding.message
+    assert "features 1, 3" in finding.message
+    clean = input_stats.summarize_input(rng.normal(size=(64, 4)))
+    assert "inputs_not_finite" not in {f.code for f in inputs.input_findings([clean])}

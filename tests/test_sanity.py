@@ -543,3 +543,19 @@ def test_loss_scale_optimizer_trains_private_weights_unscaled():
     first = overfit.values["attempts"][0]
     assert first["learning_rate"] == pytest.approx(0.5)
     assert first["best_loss"] < 0.5 * first["first_loss"]
+
+
+def test_a_nan_initial_loss_is_named_once_with_its_likely_causes():
+    x, y = _data()
+    x[3, 2] = np.nan  # one missing value reaches the loss
+    model = _classifier(regularize=False)
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    report = sanity_check(model, x, y, **FAST)
+    statuses = {r.name: r.status for r in report}
+    assert statuses["initial_loss"] == "failed"
+    assert statuses["overfit"] == "skipped"  # nothing to overfit: not a finding
+    [finding] = report.findings
+    assert finding.code == "initial_loss_unexpected"
+    assert "nan before any update" in finding.message
+    assert "inputs or labels hold nan or inf" in finding.message
+    assert "off by" not in finding.message  # no arithmetic on nan

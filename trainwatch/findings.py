@@ -38,6 +38,7 @@ CODES = (
     "underfitting",
     "inputs_not_normalized",
     "inputs_constant",
+    "inputs_not_finite",
     "targets_not_normalized",
     "init_scale_unusual",
     "loss_noisy",

@@ -550,9 +550,7 @@ def _check_same_function(model, shadow, batch, reference):
                 f"loss than the model ({theirs:.7g} against {ours:.7g}): {advice}"
             )
     variables = model.trainable_variables
-    for variable, ours, theirs in zip(
-        variables, reference.gradients, copied.gradients
-    ):
+    for variable, ours, theirs in zip(variables, reference.gradients, copied.gradients):
         ours = np.zeros(variable.shape) if ours is None else np.asarray(ours)
         theirs = np.zeros(variable.shape) if theirs is None else np.asarray(theirs)
         ours, theirs = ours.astype(np.float64), theirs.astype(np.float64)

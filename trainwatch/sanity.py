@@ -396,7 +396,15 @@ def _judge_initial_loss(model, xb, yb, y, y_pred, data_loss, spec, rtol):
             f"{', from_logits' if spec.from_logits else ''})"
         )
         deviation = data_loss - expectation.expected
-        if not math.isfinite(data_loss) or abs(deviation) > expectation.tolerance:
+        if not math.isfinite(data_loss):
+            problems.insert(
+                0,
+                f"The initial data loss is {data_loss} before any update "
+                f"(expected {_formula(expectation)}): the inputs or labels hold "
+                "nan or inf, or the model computes them (the log or square root "
+                "of a negative number or zero, a division by zero, an overflow).",
+            )
+        elif abs(deviation) > expectation.tolerance:
             problems.insert(
                 0,
                 f"The initial data loss is {data_loss:.4g}, expected "
@@ -808,6 +816,15 @@ def _too_high_finding(attempts, n, how) -> Finding:
     return _finding("loss_diverging", "warning", message, advice, where="sanity check")
 
 
+def _loss_not_finite(results) -> bool:
+    """Whether the initial loss check measured a nan or inf loss."""
+    for result in results:
+        if result.name == "initial_loss":
+            loss = result.values.get("loss")
+            return loss is not None and not math.isfinite(loss)
+    return False
+
+
 def _check_overfit(model, x, y, subset_size, steps, ratio, boost, max_seconds, verbose):
     name = "overfit"
     n = min(subset_size, _length(x))
@@ -875,6 +892,12 @@ def _check_overfit(model, x, y, subset_size, steps, ratio, boost, max_seconds, v
         return CheckResult(
             name, FAILED, summary, values, (_too_high_finding(attempts, n, how),)
         )
+    if not math.isfinite(attempts[0]["first_loss"]):
+        summary = (
+            f"the loss on these {n} examples is {attempts[0]['first_loss']} before "
+            "any update: nothing to overfit (see the initial loss check)"
+        )
+        return CheckResult(name, SKIPPED, summary, values, ())
     best = min(a["best_loss"] for a in attempts)
     stopped = " (stopped by the time budget)" if final["timed_out"] else ""
     summary = (
@@ -1097,6 +1120,12 @@ def sanity_check(
                 results.append(
                     _check_regularization(model, xb, yb, regularization_factor)
                 )
+            elif _loss_not_finite(results):
+                summary = (
+                    "the initial loss is not finite on these examples: nothing to "
+                    "overfit (see the initial loss check)"
+                )
+                results.append(CheckResult(check, SKIPPED, summary, {}, ()))
             else:
                 results.append(
                     _check_overfit(

@@ -338,7 +338,7 @@ class LossCurve(Monitor):
         if self._judged_epochs < self.epochs_seen:  # e.g. stopped early
             self._judge_curve()
         score = _accuracy_name(self.history)
-        if score is None:
+        if score is None or self._nan_seen:  # nan weights: no verdict on capacity
             return
         finding = dynamics.underfitting(
             self.history[score],

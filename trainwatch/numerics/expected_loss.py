@@ -403,6 +403,10 @@ def output_problems(kind, y_pred, from_logits) -> list[str]:
     if kind == MEAN_SQUARED_ERROR:
         return []
     y = _as_float_array(y_pred)
+    if y.ndim >= 2:  # nan outputs say nothing about `from_logits`
+        y = y[np.all(np.isfinite(y.reshape(len(y), -1)), axis=1)]
+    else:
+        y = y[np.isfinite(y)]
     if y.size == 0:
         return []
     in_unit = bool(np.all((y >= 0.0) & (y <= 1.0)))

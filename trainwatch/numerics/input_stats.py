@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -42,6 +43,9 @@ class InputStats(NamedTuple):
         constant: Per-feature `True` where every value is the same.
         binary: Per-feature `True` where the feature takes exactly two values
             (one-hot, indicator and binarized features).
+        non_finite: Per-feature count of nan and inf values (the other
+            statistics leave them out), or `None` when not measured.
+        examples_non_finite: Examples holding at least one of them.
     """
 
     name: str
@@ -54,6 +58,8 @@ class InputStats(NamedTuple):
     maximum: np.ndarray
     constant: np.ndarray
     binary: np.ndarray
+    non_finite: np.ndarray | None = None
+    examples_non_finite: int = 0
 
     @property
     def n_features(self) -> int:
@@ -155,13 +161,21 @@ def summarize_input(
         table = array.reshape(-1, 1)
     else:
         table = np.moveaxis(array, axis, -1).reshape(-1, array.shape[axis])
-    with np.errstate(invalid="ignore", over="ignore"):
-        minimum = table.min(axis=0)
-        maximum = table.max(axis=0)
-        mean = table.mean(axis=0)
-        std = table.std(axis=0)
+    finite = np.isfinite(table)
+    non_finite = (~finite).sum(axis=0)
+    bad_examples = 0
+    if non_finite.any():  # measured without them; counted apart
+        table = np.where(finite, table, np.nan)
+        per_example = ~np.isfinite(array).reshape(array.shape[0], -1)
+        bad_examples = int(per_example.any(axis=1).sum())
+    with np.errstate(invalid="ignore", over="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-nan feature
+        minimum = np.nanmin(table, axis=0)
+        maximum = np.nanmax(table, axis=0)
+        mean = np.nanmean(table, axis=0)
+        std = np.nanstd(table, axis=0)
         constant = minimum == maximum
-        two_values = np.all((table == minimum) | (table == maximum), axis=0)
+        two_values = np.all((table == minimum) | (table == maximum) | ~finite, axis=0)
     return InputStats(
         name=name,
         shape=tuple(array.shape),
@@ -173,6 +187,8 @@ def summarize_input(
         maximum=maximum,
         constant=constant,
         binary=two_values & ~constant,
+        non_finite=non_finite,
+        examples_non_finite=bad_examples,
     )
 
 

@@ -154,6 +154,7 @@ def input_findings(stats_list) -> list[Finding]:
     """
     findings = []
     for stats in stats_list:
+        findings.extend(_non_finite_findings(stats))
         findings.extend(_constant_findings(stats))
         reasons = not_normalized_reasons(stats)
         if reasons:
@@ -196,6 +197,35 @@ def input_findings(stats_list) -> list[Finding]:
                 )
             )
     return findings
+
+
+def _non_finite_findings(stats: InputStats) -> list[Finding]:
+    """`inputs_not_finite` when an input holds nan or inf values."""
+    counts = stats.non_finite
+    if counts is None or not np.any(counts):
+        return []
+    unit = _unit(stats)
+    features = np.flatnonzero(counts)
+    return [
+        Finding(
+            code="inputs_not_finite",
+            severity="error",
+            where=stats.name,
+            message=(
+                f"Input {stats.name!r} holds {int(counts.sum())} nan or inf "
+                f"value(s) in {stats.examples_non_finite} of the "
+                f"{stats.n_examples} examples measured ({unit}s "
+                f"{_listed(features)}). A nan that reaches the loss makes it nan, "
+                "and the next update makes every weight nan."
+            ),
+            advice=(
+                "Fix them before training: fill them in (e.g. with the training "
+                "set's mean of the feature, plus a 0/1 feature saying it was "
+                "missing) or drop those examples; `np.isfinite(x).all()` checks "
+                "an array."
+            ),
+        )
+    ]
 
 
 def _constant_findings(stats: InputStats) -> list[Finding]:
