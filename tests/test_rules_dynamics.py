@@ -280,3 +280,21 @@ def test_underfitting_waits_for_a_falling_training_loss():
     assert dynamics.underfitting(scores, train_losses=flat) is not None
     misaligned = [0.8, 0.7]  # not one per epoch: judged by the score
     assert dynamics.underfitting(scores, train_losses=misaligned) is not None
+
+
+def test_underfitting_is_not_excused_by_a_loss_that_only_sheds_a_penalty():
+    # Dropout 0.9 on digits (jax): the training loss falls 10% an epoch as the
+    # network learns to live with the noise; the validation loss stays at
+    # ln(10) and the accuracy near chance.
+    scores, val_scores = [0.112, 0.116, 0.124], [0.174, 0.191, 0.181]
+    losses, flat_val = [3.416, 3.262, 2.949], [2.258, 2.263, 2.266]
+    kwargs = dict(val_scores=val_scores, train_losses=losses)
+    assert dynamics.underfitting(scores, **kwargs) is None  # before: excused
+    found = dynamics.underfitting(scores, **kwargs, val_losses=flat_val)
+    assert found.code == "underfitting" and "dropout rates" in found.advice
+    # a validation loss that falls with it: still learning
+    falling_val = [2.10, 1.95, 1.80]
+    assert dynamics.underfitting(scores, **kwargs, val_losses=falling_val) is None
+    # validated every few epochs: too few validation losses to say otherwise
+    sparse_val = [None, None, 2.266]
+    assert dynamics.underfitting(scores, **kwargs, val_losses=sparse_val) is None

@@ -559,3 +559,27 @@ def test_a_nan_initial_loss_is_named_once_with_its_likely_causes():
     assert "nan before any update" in finding.message
     assert "inputs or labels hold nan or inf" in finding.message
     assert "off by" not in finding.message  # no arithmetic on nan
+
+
+@pytest.mark.parametrize("l2, dominates", [(1.0, True), (1e-3, False)])
+def test_regularization_that_swamps_the_data_loss_is_named(l2, dominates):
+    x, y = _data()
+    keras.utils.set_random_seed(0)
+    penalty = keras.regularizers.L2(l2)
+    model = keras.Sequential(
+        [
+            keras.Input((FEATURES,)),
+            keras.layers.Dense(64, "relu", kernel_regularizer=penalty),
+            keras.layers.Dense(CLASSES, "softmax"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    report = sanity_check(model, x, y, checks=("regularization",), verbose=0)
+    found = [f for f in report.findings if f.code == "regularization_too_strong"]
+    assert report["regularization"].status == ("failed" if dominates else "passed")
+    if not dominates:
+        assert found == []
+        return
+    [finding] = found
+    assert "times the data loss" in finding.message
+    assert "Weaken the regularizers" in finding.advice

@@ -24,6 +24,7 @@ CODES = (
     "gradient_missing",
     "initial_loss_unexpected",
     "regularization_not_increasing_loss",
+    "regularization_too_strong",
     "cannot_overfit_small_subset",
     "loss_nan",
     "loss_diverging",

@@ -62,6 +62,14 @@ _REGULARIZATION_ADVICE = (
     "uses their coefficient (`l1`, `l2` or `factor`), and that `add_loss` terms "
     "are not negative."
 )
+# A regularization loss this many times the data loss at the initial weights
+# dominates training: the first steps shrink the weights instead of fitting.
+REGULARIZATION_DOMINATES = 2.0
+_STRONG_REGULARIZATION_ADVICE = (
+    "Weaken the regularizers (L2 factors of 1e-5 to 1e-3 are usual; Keras's "
+    "`L2(l)` adds `l * sum(w**2)` for each kernel, which grows with the layer's "
+    "size), or check that the factor is not meant for a mean instead of a sum."
+)
 _OVERFIT_CAUSES = (
     "A working network memorizes 20 examples. If it cannot, look for a bug in the "
     "model (a frozen or disconnected layer, a narrow bottleneck, an output "
@@ -448,6 +456,19 @@ def _weight_site_verdict(variable, regularizer, factor):
     return before, after, False
 
 
+def _dominates_finding(regularization, data) -> Finding:
+    return _finding(
+        "regularization_too_strong",
+        "warning",
+        f"At the initial weights the regularization loss is {regularization:.4g}, "
+        f"{regularization / data:.3g} times the data loss {data:.4g}: the first "
+        "steps shrink the weights toward zero instead of fitting the data, and "
+        "what the weights learn is worn away (the training accuracy can stay "
+        "near chance while the loss falls).",
+        _STRONG_REGULARIZATION_ADVICE,
+    )
+
+
 def _check_regularization(model, x, y, factor) -> CheckResult:
     name = "regularization"
     sites = model_copy.regularizer_sites(model)
@@ -490,6 +511,12 @@ def _check_regularization(model, x, y, factor) -> CheckResult:
     if (rises or all_zero) and not culprits:
         if all_zero:
             summary += "; zero at the current weights"
+        data = values.get("total_before", math.nan) - before
+        if before > REGULARIZATION_DOMINATES * data > 0:
+            summary += f"; {before / data:.3g} times the data loss {data:.4g}"
+            return CheckResult(
+                name, FAILED, summary, values, (_dominates_finding(before, data),)
+            )
         return CheckResult(name, PASSED, summary, values, ())
     message = (
         f"Making every regularizer {factor:g} times stronger changed the "

@@ -347,6 +347,7 @@ class LossCurve(Monitor):
             step=self.context.step,
             epoch=self.context.epoch,
             train_losses=self.history.get("loss", ()),
+            val_losses=self.history.get("val_loss", ()),
         )
         if finding is not None:
             self.context.report(finding)

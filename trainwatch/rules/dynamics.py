@@ -59,7 +59,8 @@ OVERFITTING_ADVICE = (
 UNDERFITTING_ADVICE = (
     "Give the model more capacity (wider or deeper layers) or train longer; "
     "check that the learning rate is not too low (update ratios near 1e-3), "
-    "that the inputs are standardized and that regularization is not too strong."
+    "that the inputs are standardized and that regularization (dropout rates, "
+    "weight penalties) is not too strong."
 )
 
 
@@ -523,6 +524,7 @@ def underfitting(
     min_progress=0.05,
     train_losses: Sequence[float | None] = (),
     min_loss_drop=0.04,
+    val_losses: Sequence[float | None] = (),
 ) -> Finding | None:
     """Flags a training score that stays poor with little train/validation gap.
 
@@ -535,7 +537,9 @@ def underfitting(
     recent pace before the rule speaks. Nor does it speak while the training
     loss still falls by more than `min_loss_drop` of itself per epoch over
     the same epochs: accuracy moves in steps and can lag a loss that is
-    still being learned.
+    still being learned. With validation losses given, they must fall that
+    fast too: a training loss that falls while the validation loss stays
+    flat is shrinking a penalty (dropout noise, a regularizer), not fitting.
 
     Args:
         train_scores: Training accuracy (higher is better, at most 1) per
@@ -562,6 +566,9 @@ def underfitting(
             improving (4%: the loss would halve within ~17 epochs; a one-unit
             bottleneck on digits falls 1.9-2.6% an epoch in its first three,
             a healthy two-output model 5%). Defaults to `0.04`.
+        val_losses: Validation loss per epoch (`None` where there was no
+            validation), aligned with `train_scores`, or `()`. Defaults to
+            `()`.
 
     Returns:
         An `underfitting` warning, or `None`.
@@ -591,12 +598,13 @@ def underfitting(
     losses = np.asarray(
         [np.nan if v is None else v for v in train_losses], dtype=np.float64
     )
-    if losses.size == scores.size:
-        kept = recent[np.isfinite(losses[recent])]
-        if kept.size >= 2:
-            fall = -linear_trend(losses[kept], kept).slope
-            if fall > min_loss_drop * abs(float(losses[kept[-1]])):
-                return None
+    if losses.size == scores.size and _falling(losses, recent, min_loss_drop):
+        validation = np.asarray(
+            [np.nan if v is None else v for v in val_losses], dtype=np.float64
+        )
+        aligned = validation.size == scores.size
+        if not aligned or _falling(validation, recent, min_loss_drop) is not False:
+            return None  # still learning (or no validation losses to say)
     val = _finite(val_scores)
     if val:
         gap = last - val[-1]
@@ -616,6 +624,16 @@ def underfitting(
         step=step,
         epoch=epoch,
     )
+
+
+def _falling(losses, epochs, min_drop) -> bool | None:
+    """Whether `losses` fall by more than `min_drop` of themselves per epoch
+    over `epochs`; `None` with fewer than two finite ones there."""
+    kept = epochs[np.isfinite(losses[epochs])]
+    if kept.size < 2:
+        return None
+    fall = -linear_trend(losses[kept], kept).slope
+    return fall > min_drop * abs(float(losses[kept[-1]]))
 
 
 def update_ratio_findings(
