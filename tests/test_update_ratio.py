@@ -14,6 +14,7 @@ from trainwatch.callbacks.update_ratio import (
     _is_sample_step,
     _next_sample_step,
 )
+from trainwatch.rules import dynamics
 from trainwatch.tensorboard import read_events
 
 
@@ -282,3 +283,46 @@ def test_learning_rate_is_read_through_a_loss_scale_optimizer():
     wrapped = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.25))
     model.compile(wrapped, "sparse_categorical_crossentropy")
     assert _current_learning_rate(model) == pytest.approx(0.25)
+
+
+class DetachedDense(keras.layers.Dense):
+    """Its kernel gets an exactly zero gradient (a `stop_gradient` slipped in)."""
+
+    def call(self, x):
+        return keras.ops.relu(
+            keras.ops.matmul(x, keras.ops.stop_gradient(self.kernel)) + self.bias
+        )
+
+
+@pytest.mark.parametrize("detached", [True, False])
+def test_weights_the_optimizer_never_moves_are_named(detached):
+    x, y = digits(640)
+    keras.utils.set_random_seed(0)
+    middle = DetachedDense(16) if detached else keras.layers.Dense(16, "relu")
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(16, activation="relu"),
+            middle,
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    ratios = UpdateRatio(update_freq=4, time_share=None, verbose=0)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[ratios])
+    found = [f for f in ratios.context.findings if f.code == "weights_not_updated"]
+    if not detached:
+        assert found == []
+        return
+    [finding] = found
+    assert finding.where == middle.kernel.path
+    assert "apply_gradients" in finding.advice
+
+
+def test_not_updated_needs_others_moving_at_the_same_samples():
+    still = [0.0] * 5
+    moving = [1e-3, 0.0, 1e-3, 1e-3, 1e-3]  # one sample where nothing moved
+    assert dynamics.weights_not_updated({"a": moving, "b": still}) is None
+    assert dynamics.weights_not_updated({"a": moving, "b": still}, min_samples=3)
+    nan_bias = [float("nan")] * 5  # all-zero weights: not judged
+    assert dynamics.weights_not_updated({"a": [1e-3] * 5, "b": nan_bias}) is None

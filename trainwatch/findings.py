@@ -44,6 +44,7 @@ CODES = (
     "init_scale_unusual",
     "loss_noisy",
     "weights_nan",
+    "weights_not_updated",
     "monitor_failed",
 )
 

@@ -424,6 +424,9 @@ class UpdateRatio(Monitor):
             high=self.warn_above,
             learning_rate=self._learning_rate,
         )
+        still = dynamics.weights_not_updated(self.history, step=step, epoch=epoch)
+        if still is not None:
+            findings.append(still)
         for finding in findings:
             if finding.code == "update_ratio_high":
                 self._seen_high = True

@@ -626,6 +626,65 @@ def underfitting(
     )
 
 
+def weights_not_updated(
+    history: Mapping[str, Sequence[float]], step=None, epoch=None, min_samples=4
+) -> Finding | None:
+    """Flags trainable variables the optimizer never changes while others change.
+
+    A variable whose update/parameter ratio was exactly 0 in each of its
+    latest `min_samples` samples (or more), at samples where another variable
+    moved, is trainable but not trained: a custom `train_step` that leaves it
+    out of `apply_gradients`, a gradient that is `None` or exactly zero, or
+    weights set back after each step. Variables whose weights are all zero
+    (ratio `nan`) are not judged.
+
+    Args:
+        history: `{variable path: ratios sampled so far}`, aligned: the i-th
+            entry of every series comes from the same sample.
+        step: Global step for the finding. Defaults to `None`.
+        epoch: Epoch for the finding. Defaults to `None`.
+        min_samples: Samples in a row that must all be 0. Defaults to `4`.
+
+    Returns:
+        One `weights_not_updated` warning naming the variables, or `None`.
+
+    Example:
+
+    >>> history = {"d/kernel": [1e-3] * 4, "e/kernel": [0.0] * 4}
+    >>> weights_not_updated(history).where
+    'e/kernel'
+    >>> weights_not_updated({"d/kernel": [0.0] * 4}) is None  # nothing moved
+    True
+    """
+    length = min((len(series) for series in history.values()), default=0)
+    if length < min_samples:
+        return None
+    recent = {path: list(series)[-min_samples:] for path, series in history.items()}
+    still = [path for path, series in recent.items() if all(r == 0.0 for r in series)]
+    moved_at_each = all(
+        any(series[i] > 0.0 for series in recent.values())
+        for i in range(min_samples)
+    )
+    if not still or not moved_at_each:
+        return None
+    shown = ", ".join(still[:5]) + (", ..." if len(still) > 5 else "")
+    return Finding(
+        "weights_not_updated",
+        "warning",
+        f"{len(still)} trainable variable(s) did not change at all in the last "
+        f"{min_samples} sampled steps while the others did: {shown}.",
+        "They are trainable but not trained. Check that a custom `train_step` "
+        "passes them to `apply_gradients` (all of `trainable_variables`), that "
+        "their gradient is not None or exactly zero (the gradient check says; "
+        "dead units upstream give zeros), and that nothing sets their weights "
+        "back after each step. To freeze them on purpose, set "
+        "`layer.trainable = False` before compiling.",
+        step=step,
+        epoch=epoch,
+        where=still[0] if len(still) == 1 else None,
+    )
+
+
 def _falling(losses, epochs, min_drop) -> bool | None:
     """Whether `losses` fall by more than `min_drop` of themselves per epoch
     over `epochs`; `None` with fewer than two finite ones there."""
