@@ -298,3 +298,18 @@ def test_underfitting_is_not_excused_by_a_loss_that_only_sheds_a_penalty():
     # validated every few epochs: too few validation losses to say otherwise
     sparse_val = [None, None, 2.266]
     assert dynamics.underfitting(scores, **kwargs, val_losses=sparse_val) is None
+
+
+def test_a_validation_score_below_guessing_is_called_a_mismatch_not_overfitting():
+    # digits sorted by label, validation_split=0.2 (tensorflow): the validation
+    # set holds the last classes only
+    found = dynamics.overfitting(
+        [0.20, 0.14], [4.5, 4.8], [0.90, 0.97], [0.017, 0.017], val_examples=360
+    )
+    assert found.code == "overfitting"
+    assert "below what guessing gets" in found.message
+    assert "shuffle the data" in found.advice
+    plain = dynamics.overfitting(
+        [0.20, 0.14], [0.5, 0.6], [0.90, 0.97], [0.70, 0.72], val_examples=360
+    )
+    assert "guessing" not in plain.message and "Regularize" in plain.advice

@@ -56,6 +56,17 @@ OVERFITTING_ADVICE = (
     "smaller model, or stop earlier (`keras.callbacks.EarlyStopping("
     "monitor='val_loss', restore_best_weights=True)`)."
 )
+# A validation accuracy below this while training reaches `_MISMATCH_TRAIN`
+# is worse than guessing on any usual number of classes: the validation
+# examples are unlike the training ones, not overfitted.
+_MISMATCH_VAL = 0.05
+_MISMATCH_TRAIN = 0.5
+MISMATCH_ADVICE = (
+    "Make the validation set like the training set: shuffle the data before "
+    "`fit` (`validation_split` takes the last examples, all of the last "
+    "classes when the data are sorted by label), and check that the "
+    "validation labels are encoded and preprocessed as the training ones."
+)
 UNDERFITTING_ADVICE = (
     "Give the model more capacity (wider or deeper layers) or train longer; "
     "check that the learning rate is not too low (update ratios near 1e-3), "
@@ -461,6 +472,19 @@ def overfitting(
             noise = _score_noise([b for _, b in recent], val_examples)
             if all(a - b > score_gap + z * n for (a, b), n in zip(recent, noise)):
                 on = f" on {val_examples} validation examples" if val_examples else ""
+                if 0.0 <= v < _MISMATCH_VAL and t > _MISMATCH_TRAIN:
+                    return Finding(
+                        "overfitting",
+                        "warning",
+                        f"Training {metric} {t:.4g} vs validation {v:.4g}{on}: the "
+                        "validation score is below what guessing gets, which "
+                        "overfitting does not do. The validation examples are "
+                        "unlike the training ones (other classes, other label "
+                        "encoding).",
+                        MISMATCH_ADVICE,
+                        step=step,
+                        epoch=epoch,
+                    )
                 return Finding(
                     "overfitting",
                     "warning",
@@ -662,8 +686,7 @@ def weights_not_updated(
     recent = {path: list(series)[-min_samples:] for path, series in history.items()}
     still = [path for path, series in recent.items() if all(r == 0.0 for r in series)]
     moved_at_each = all(
-        any(series[i] > 0.0 for series in recent.values())
-        for i in range(min_samples)
+        any(series[i] > 0.0 for series in recent.values()) for i in range(min_samples)
     )
     if not still or not moved_at_each:
         return None
