@@ -86,3 +86,43 @@ def test_sanity_check_names_raw_scale_targets(loss):
         regressor(loss), x, standardized, checks=("initial_loss",), verbose=0
     )
     assert "targets_not_normalized" not in {f.code for f in report.findings}
+
+
+@pytest.mark.parametrize(
+    "activation, scaled, code",
+    [
+        ("sigmoid", "to_unit", None),
+        ("sigmoid", "standardized", "targets_out_of_range"),
+        ("tanh", "standardized", "targets_out_of_range"),
+        ("relu", "standardized", "targets_out_of_range"),
+        (None, "standardized", None),
+    ],
+)
+@pytest.mark.parametrize("functional", [True, False])
+def test_an_output_activation_that_cannot_reach_the_targets(
+    activation, scaled, code, functional
+):
+    x, y = house_prices()
+    y = (y - y.min()) / (y.max() - y.min()) if scaled == "to_unit" else y
+    y = (y - y.mean()) / y.std() if scaled == "standardized" else y
+    keras.utils.set_random_seed(0)
+    head = keras.layers.Dense(1, activation=activation, name="head")
+    if functional:
+        inputs = keras.Input((8,))
+        hidden = keras.layers.Dense(16, activation="relu")(inputs)
+        model = keras.Model(inputs, head(hidden))
+    else:
+        model = keras.Sequential(
+            [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), head]
+        )
+    model.compile(optimizer="adam", loss="mse")
+    report = sanity_check(model, x, y, checks=("initial_loss",), verbose=0)
+    found = [f for f in report.findings if f.code.startswith("targets_")]
+    if code is None:
+        assert found == []
+        return
+    [finding] = found
+    assert finding.code == code and finding.severity == "error"
+    assert finding.where == head.path
+    assert f"goes through {activation}" in finding.message
+    assert "activation=None" in finding.advice

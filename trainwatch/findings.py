@@ -41,6 +41,7 @@ CODES = (
     "inputs_constant",
     "inputs_not_finite",
     "targets_not_normalized",
+    "targets_out_of_range",
     "init_scale_unusual",
     "loss_noisy",
     "weights_nan",

@@ -337,12 +337,38 @@ def _check_initial_loss(model, x, y, spec, rtol) -> CheckResult:
     scale_findings = ()
     if spec.kind == el.MEAN_SQUARED_ERROR or targets.is_regression_loss(spec.name):
         try:
-            scale = targets.target_scale(_to_numpy(y), _to_numpy(y_pred), spec.name)
+            y_true = _to_numpy(y)
+            activation, layer = _output_activation(model)
+            scale = targets.target_range(y_true, activation, spec.name, where=layer)
+            if scale is None:  # out of range says more than the scale
+                scale = targets.target_scale(y_true, _to_numpy(y_pred), spec.name)
         except (TypeError, ValueError):  # targets of another structure: not judged
             scale = None
         scale_findings = () if scale is None else (scale,)
     result = _judge_initial_loss(model, xb, yb, y, y_pred, data_loss, spec, rtol)
     return result._replace(findings=result.findings + scale_findings)
+
+
+def _output_activation(model):
+    """`(activation name, layer path)` of a single-output model's last layer;
+    `(None, None)` for a linear output or one that cannot be told."""
+    outputs = getattr(model, "outputs", None) or []
+    layer = None
+    if len(outputs) == 1:
+        history = getattr(outputs[0], "_keras_history", None)
+        layer = getattr(history, "operation", None)
+    if layer is None and isinstance(model, keras.Sequential) and model.layers:
+        layer = model.layers[-1]
+    if layer is None:
+        return None, None
+    if isinstance(layer, keras.layers.Activation):
+        activation = layer.activation
+    elif isinstance(layer, keras.layers.ReLU):
+        return "relu", layer.path if hasattr(layer, "path") else layer.name
+    else:
+        activation = getattr(layer, "activation", None)
+    name = getattr(activation, "__name__", None)
+    return name, getattr(layer, "path", layer.name)
 
 
 def _judge_initial_loss(model, xb, yb, y, y_pred, data_loss, spec, rtol):

@@ -28,7 +28,13 @@ import numpy as np
 
 from trainwatch.findings import Finding
 
-__all__ = ["REGRESSION_LOSSES", "is_regression_loss", "target_scale"]
+__all__ = [
+    "OUTPUT_RANGES",
+    "REGRESSION_LOSSES",
+    "is_regression_loss",
+    "target_range",
+    "target_scale",
+]
 
 # Loss names (lower case, no underscores) whose targets are numbers to match.
 REGRESSION_LOSSES = frozenset(
@@ -54,6 +60,70 @@ ADVICE = (
     "or start the output layer at their scale "
     "(`bias_initializer=keras.initializers.Constant(mean)`)."
 )
+
+
+# What an output activation can produce: (lowest, highest), ends excluded or
+# reached only in the limit.
+OUTPUT_RANGES = {
+    "sigmoid": (0.0, 1.0),
+    "hard_sigmoid": (0.0, 1.0),
+    "softmax": (0.0, 1.0),
+    "tanh": (-1.0, 1.0),
+    "hard_tanh": (-1.0, 1.0),
+    "soft_sign": (-1.0, 1.0),
+    "softsign": (-1.0, 1.0),
+    "relu": (0.0, np.inf),
+    "softplus": (0.0, np.inf),
+    "relu6": (0.0, 6.0),
+}
+_OUT_OF_RANGE_SHARE = 0.01  # of the targets, before the rule speaks
+
+
+def target_range(y_true, activation, loss_name, where=None) -> Finding | None:
+    """`targets_out_of_range` when the output activation cannot produce the targets.
+
+    Args:
+        y_true: The targets of some training examples.
+        activation: Name of the output layer's activation (`"sigmoid"`, …),
+            or `None` for a linear output.
+        loss_name: The loss's name, for the message.
+        where: Output layer's name. Defaults to `None`.
+
+    Returns:
+        A `targets_out_of_range` error when more than 1% of the targets lie
+        outside the activation's range, else `None`.
+
+    Example:
+
+    >>> target_range(np.array([[0.2], [3.5], [7.0]]), "sigmoid", "mse").code
+    'targets_out_of_range'
+    >>> target_range(np.array([[0.2], [0.9]]), "sigmoid", "mse") is None
+    True
+    """
+    if activation not in OUTPUT_RANGES:
+        return None
+    targets = np.asarray(y_true, dtype=np.float64)
+    targets = targets[np.isfinite(targets)]
+    if targets.size == 0:
+        return None
+    low, high = OUTPUT_RANGES[activation]
+    outside = (targets < low) | (targets > high)
+    share = float(np.mean(outside))
+    if share <= _OUT_OF_RANGE_SHARE:
+        return None
+    span = f"[{low:g}, {high:g}]" if np.isfinite(high) else f"[{low:g}, inf)"
+    return Finding(
+        "targets_out_of_range",
+        "error",
+        f"The model's output goes through {activation}, which only produces "
+        f"values in {span}, but {share:.0%} of the regression targets "
+        f"({loss_name}) lie outside it (they range over [{targets.min():.4g}, "
+        f"{targets.max():.4g}]): those can never be predicted, and the outputs "
+        "pile up at the edge of the range, where the gradient vanishes.",
+        "Use a linear output (`activation=None`) for targets without bounds, "
+        f"or scale the targets into {span} (and scale predictions back).",
+        where=where,
+    )
 
 
 def is_regression_loss(name) -> bool:
