@@ -108,3 +108,5 @@ def test_a_layer_hard_wired_to_float32_is_imprecise_not_wrong():
     assert blurred, str(result)
     for variable in blurred:
         assert any("lower precision than float64" in n for n in variable.notes)
+    for finding in result.findings:
+        assert "casts to float32" in finding.advice  # not "check again later"

@@ -1254,7 +1254,8 @@ def _variable_findings(check: VariableCheck, precision) -> list:
             "Check again later in training or with other examples "
             "(`max_examples`, `seed`); fewer examples cross fewer kinks."
         )
-        if _ROUNDOFF_REASON in reasons:
+        low_precision = any("lower precision than float64" in n for n in check.notes)
+        if _ROUNDOFF_REASON in reasons or low_precision:
             advice = (
                 "Look for a layer between this variable and the loss that casts "
                 "to float32 or uses an op computing in float32 on this backend: "
