@@ -303,13 +303,19 @@ def test_underfitting_is_not_excused_by_a_loss_that_only_sheds_a_penalty():
 def test_a_validation_score_below_guessing_is_called_a_mismatch_not_overfitting():
     # digits sorted by label, validation_split=0.2 (tensorflow): the validation
     # set holds the last classes only
+    losses, val_losses, scores = [0.20, 0.14], [4.5, 4.8], [0.90, 0.97]
     found = dynamics.overfitting(
-        [0.20, 0.14], [4.5, 4.8], [0.90, 0.97], [0.017, 0.017], val_examples=360
+        losses, val_losses, scores, [0.017, 0.017], val_examples=360, chance=0.1
     )
     assert found.code == "overfitting"
     assert "below what guessing gets" in found.message
     assert "shuffle the data" in found.advice
-    plain = dynamics.overfitting(
-        [0.20, 0.14], [0.5, 0.6], [0.90, 0.97], [0.70, 0.72], val_examples=360
-    )
-    assert "guessing" not in plain.message and "Regularize" in plain.advice
+    for val_scores, chance in [
+        ([0.70, 0.72], 0.1),  # plain overfitting
+        ([0.017, 0.017], 0.001),  # 1000 classes: 0.017 is above guessing
+        ([0.017, 0.017], None),  # the number of classes is unknown
+    ]:
+        plain = dynamics.overfitting(
+            losses, val_losses, scores, val_scores, val_examples=360, chance=chance
+        )
+        assert "guessing" not in plain.message and "Regularize" in plain.advice

@@ -110,6 +110,25 @@ def _validation_examples(model):
         return None
 
 
+def _chance_accuracy(model):
+    """What guessing scores on a single-output classifier: 1/classes (0.5 for
+    one sigmoid unit), or `None` when the model's output does not say.
+
+    Example:
+
+    >>> _chance_accuracy(object()) is None
+    True
+    """
+    try:
+        (output,) = model.outputs
+        units = output.shape[-1]
+    except Exception:  # not built, several outputs, subclassed without outputs
+        return None
+    if not units or len(output.shape) < 2:
+        return None
+    return 0.5 if units == 1 else 1.0 / int(units)
+
+
 def _number(value):
     try:
         number = float(value)
@@ -575,6 +594,7 @@ class LossCurve(Monitor):
                 step=step,
                 epoch=g,
                 val_examples=self.validation_examples,
+                chance=_chance_accuracy(self._model),
             )
         )
         for finding in findings:

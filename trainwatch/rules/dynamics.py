@@ -56,10 +56,10 @@ OVERFITTING_ADVICE = (
     "smaller model, or stop earlier (`keras.callbacks.EarlyStopping("
     "monitor='val_loss', restore_best_weights=True)`)."
 )
-# A validation accuracy below this while training reaches `_MISMATCH_TRAIN`
-# is worse than guessing on any usual number of classes: the validation
-# examples are unlike the training ones, not overfitted.
-_MISMATCH_VAL = 0.05
+# A validation accuracy below this share of guessing's while training passes
+# `_MISMATCH_TRAIN` is not overfitting: the validation examples are unlike the
+# training ones.
+_MISMATCH_SHARE_OF_CHANCE = 0.5
 _MISMATCH_TRAIN = 0.5
 MISMATCH_ADVICE = (
     "Make the validation set like the training set: shuffle the data before "
@@ -422,6 +422,7 @@ def overfitting(
     rise=0.1,
     val_examples=None,
     z=1.64,
+    chance=None,
 ) -> Finding | None:
     """Flags a wide or growing gap between training and validation.
 
@@ -455,6 +456,10 @@ def overfitting(
             Defaults to `None`.
         z: How many standard errors of the validation score the gap must
             exceed `score_gap` by. Defaults to `1.64` (one-sided 95%).
+        chance: The accuracy of guessing (1/classes), or `None` if unknown. A
+            validation score below half of it while training passes 0.5 is
+            said to be a validation set unlike the training set, not
+            overfitting. Defaults to `None`.
 
     Returns:
         An `overfitting` warning, or `None`.
@@ -472,7 +477,8 @@ def overfitting(
             noise = _score_noise([b for _, b in recent], val_examples)
             if all(a - b > score_gap + z * n for (a, b), n in zip(recent, noise)):
                 on = f" on {val_examples} validation examples" if val_examples else ""
-                if 0.0 <= v < _MISMATCH_VAL and t > _MISMATCH_TRAIN:
+                below = chance is not None and v < _MISMATCH_SHARE_OF_CHANCE * chance
+                if below and v >= 0.0 and t > _MISMATCH_TRAIN:
                     return Finding(
                         "overfitting",
                         "warning",
