@@ -62,3 +62,21 @@ def test_due_keeps_a_part_within_its_own_share(clock):
     assert not context.due("Rules.rules", 0.01)  # 0.01 s > 1% of 0.5 s
     clock.now += 0.6
     assert context.due("Rules.rules", 0.01)  # 0.01 s <= 1% of 1.1 s
+
+
+def test_monitors_sharing_a_log_dir_write_one_complete_findings_table(tmp_path):
+    from trainwatch.findings import Finding
+    from trainwatch.tensorboard import read_events
+
+    # Standalone monitors each keep a context; TensorBoard keeps one text
+    # event per step and tag, so each table must hold the other's findings.
+    curve, ratios = RunContext(tmp_path, verbose=0), RunContext(tmp_path, verbose=0)
+    elsewhere = RunContext(tmp_path / "other", verbose=0)
+    elsewhere.report(Finding("loss_noisy", "warning", "Noisy.", "Larger batches."))
+    curve.report(Finding("loss_plateau", "warning", "Flat.", "Raise the lr."))
+    ratios.report(Finding("update_ratio_low", "warning", "Small.", "Raise the lr."))
+    table = read_events(str(tmp_path))["train"].texts["trainwatch/findings"][-1].text
+    assert "update_ratio_low" in table and "loss_plateau" in table
+    assert "loss_noisy" not in table  # another run directory's
+    assert table.index("update_ratio_low") < table.index("loss_plateau")  # own first
+    assert len(curve.findings) == len(ratios.findings) == 1  # each keeps its own

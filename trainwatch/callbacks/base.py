@@ -161,12 +161,39 @@ class RunContext:
             print(f"[trainwatch] {finding}", file=sys.stderr)
         writer = self.writer("train")
         if writer is not None:
-            writer.text(
-                "trainwatch/findings", findings_markdown(self.findings), self.step
-            )
+            writer.text("trainwatch/findings", self.findings_table(), self.step)
             writer.flush()
         self._published_count = len(self.findings)  # `add` saved the file
         return True
+
+    def findings_table(self) -> str:
+        """The markdown table of this run directory's findings: this context's,
+        then those of the other live contexts writing to the same `log_dir`
+        (standalone monitors each keep their own), once each.
+
+        TensorBoard keeps one text event per step and tag, so a table of one
+        monitor's findings would hide another's written at the same step.
+
+        Example:
+
+        >>> table = RunContext(None, verbose=0).findings_table()
+        >>> table.endswith("No findings yet. | |")
+        True
+        """
+        findings = list(self.findings)
+        if self.log_dir is not None:
+            seen = {(f.code, f.where) for f in findings}
+            here = os.path.realpath(self.log_dir)
+            for other in list(_open_contexts):
+                if other is self or other.log_dir is None:
+                    continue
+                if os.path.realpath(other.log_dir) != here:
+                    continue
+                for finding in other.findings:
+                    if (finding.code, finding.where) not in seen:
+                        seen.add((finding.code, finding.where))
+                        findings.append(finding)
+        return findings_markdown(findings)
 
     def publish_findings(self):
         """Writes the findings table and file as they stand, even when empty.
@@ -181,9 +208,7 @@ class RunContext:
         self._published_count = len(self.findings)
         writer = self.writer("train")
         if writer is not None:
-            writer.text(
-                "trainwatch/findings", findings_markdown(self.findings), self.step
-            )
+            writer.text("trainwatch/findings", self.findings_table(), self.step)
             writer.flush()
         if self.findings.path is not None:
             self.findings.save()
