@@ -16,8 +16,8 @@ costs per call of each hook, which is taken off (the first callback in the
 list runs with colder caches, so a do-nothing hook of it still shows ~1 µs).
 Reported per callback and hook: calls and
 microseconds per fit, and the total against the plain fit's median wall time
-(the same digits MLP, batch 32, 10 epochs of 44 steps, as
-`bench_training_dynamics.py`). Time the hooks cause outside themselves
+(the digits MLP of `bench_training_dynamics.py`, batch 32, 10 epochs of 44
+steps). Time the hooks cause outside themselves
 (caches their work evicts, the GIL handed back and forth, device work) is not
 in it.
 """
@@ -63,8 +63,7 @@ def _timed(callback, totals):
 
 def measure(repeats, epochs):
     import keras
-    import numpy as np
-    from sklearn.datasets import load_digits
+    from bench_training_dynamics import digits_mlp
 
     from trainwatch.callbacks.loss_curve import LossCurve
     from trainwatch.callbacks.update_ratio import UpdateRatio
@@ -72,27 +71,7 @@ def measure(repeats, epochs):
     class DoNothing(keras.callbacks.Callback):
         async_safe = True  # like the monitors: keeps Keras's async dispatch
 
-    data = load_digits()
-    x = data.data.astype("float32")
-    y = data.target.astype("int32")
-    order = np.random.default_rng(0).permutation(len(x))
-    x, y = x[order], y[order]
-    x = (x - x[:1400].mean(0)) / (x[:1400].std(0) + 1e-6)
-    train, val = (x[:1400], y[:1400]), (x[1400:], y[1400:])
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-    model.compile(
-        keras.optimizers.Adam(1e-3),
-        "sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    model, train, val = digits_mlp()
     totals = collections.defaultdict(list)
 
     def fit(watched):

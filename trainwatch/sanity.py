@@ -363,13 +363,9 @@ def _output_activation(model):
         layer = model.layers[-1]
     if layer is None:
         return None, None
-    if isinstance(layer, keras.layers.Activation):
-        activation = layer.activation
-    elif isinstance(layer, keras.layers.ReLU):
-        return "relu", layer.path if hasattr(layer, "path") else layer.name
-    else:
-        activation = getattr(layer, "activation", None)
-    name = getattr(activation, "__name__", None)
+    name = mf.activation_layer_name(layer) or mf.activation_name(
+        getattr(layer, "activation", None)
+    )
     return name, getattr(layer, "path", layer.name)
 
 

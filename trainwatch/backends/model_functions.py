@@ -591,6 +591,49 @@ def compute_gradients_of_parts(
     ]
 
 
+# Keras layers that apply an activation, by class name.
+_ACTIVATION_LAYERS = {
+    "ReLU": "relu",
+    "LeakyReLU": "leaky_relu",
+    "PReLU": "prelu",
+    "ELU": "elu",
+    "Softmax": "softmax",
+}
+
+
+def activation_name(activation):
+    """Name of an activation function or layer, `None` for none/linear.
+
+    Example:
+
+    >>> activation_name(keras.activations.tanh), activation_name("linear")
+    ('tanh', None)
+    """
+    if activation is None:
+        return None
+    if isinstance(activation, keras.layers.Layer):
+        return activation_layer_name(activation)
+    name = activation if isinstance(activation, str) else None
+    name = name or getattr(activation, "__name__", None) or type(activation).__name__
+    return None if name == "linear" else name
+
+
+def activation_layer_name(layer):
+    """The activation a layer applies, or `None` if it is no activation layer.
+
+    Example:
+
+    >>> activation_layer_name(keras.layers.ReLU())
+    'relu'
+    """
+    if isinstance(layer, keras.layers.Activation):
+        return activation_name(layer.activation) or "linear"
+    for cls in type(layer).__mro__:
+        if cls.__name__ in _ACTIVATION_LAYERS and cls.__module__.startswith("keras"):
+            return _ACTIVATION_LAYERS[cls.__name__]
+    return None
+
+
 def leaf_layers(model) -> list:
     """Every layer reached from `model` that has no sublayers, in model order.
 

@@ -24,6 +24,10 @@ import keras
 import numpy as np
 
 from trainwatch.backends import model_functions
+from trainwatch.backends.model_functions import (
+    activation_layer_name as _activation_layer_name,
+)
+from trainwatch.backends.model_functions import activation_name as _activation_name
 from trainwatch.callbacks.base import Monitor
 from trainwatch.numerics import init_stats, input_stats
 from trainwatch.rules import initialization, inputs
@@ -85,13 +89,6 @@ _PASS_THROUGH = _layer_classes(
     "AveragePooling2D",
     "AveragePooling3D",
 )
-_ACTIVATION_LAYERS = {
-    "ReLU": "relu",
-    "LeakyReLU": "leaky_relu",
-    "PReLU": "prelu",
-    "ELU": "elu",
-    "Softmax": "softmax",
-}
 
 
 class InputAndInitChecks(Monitor):
@@ -504,27 +501,6 @@ def _heads(layers):
         if not feeds_another:
             heads.append(layer)
     return heads
-
-
-def _activation_name(activation):
-    """Name of an activation function or layer, `None` for none/linear."""
-    if activation is None:
-        return None
-    if isinstance(activation, keras.layers.Layer):
-        return _activation_layer_name(activation)
-    name = activation if isinstance(activation, str) else None
-    name = name or getattr(activation, "__name__", None) or type(activation).__name__
-    return None if name == "linear" else name
-
-
-def _activation_layer_name(layer):
-    """The activation a layer applies, or `None` if it is no activation layer."""
-    if isinstance(layer, keras.layers.Activation):
-        return _activation_name(layer.activation) or "linear"
-    for cls in type(layer).__mro__:
-        if cls.__name__ in _ACTIVATION_LAYERS and cls.__module__.startswith("keras"):
-            return _ACTIVATION_LAYERS[cls.__name__]
-    return None
 
 
 def _next_layer(layer):

@@ -134,7 +134,11 @@ def is_regression_loss(name) -> bool:
     >>> is_regression_loss("mean_squared_error"), is_regression_loss("Huber")
     (True, True)
     """
-    return str(name).replace("_", "").lower() in REGRESSION_LOSSES
+    return _normalized(name) in REGRESSION_LOSSES
+
+
+def _normalized(name) -> str:
+    return str(name).replace("_", "").lower()
 
 
 def _rms(values) -> float:
@@ -166,7 +170,7 @@ def target_scale(y_true, y_pred, loss_name, where=None) -> Finding | None:
         f"{std:.4g} (RMS {target_rms:.3g}) on {targets.shape[0]} examples"
     )
     if target_rms > _LARGER * max(output_rms, 1.0):
-        squared = str(loss_name).replace("_", "").lower() in _SQUARED
+        squared = _normalized(loss_name) in _SQUARED
         loss_scale = target_rms**2 if squared else target_rms  # else ~linear
         return Finding(
             "targets_not_normalized",
