@@ -11,14 +11,20 @@ inputs, Adam 1e-3, batch 32, validation data) is trained by alternating plain
 `fit` calls and `fit` calls with fresh `LossCurve` and `UpdateRatio`
 callbacks writing to a temporary log directory; the first pair warms up
 (compilation) and is not counted. Reported: the median time of each kind and
-their ratio, the median of the per-pair ratios, and the ratio of the median
-process CPU times (steadier on a shared machine). Target: <= 1.05.
+their ratio, the median of the per-pair ratios with a 95% confidence
+interval (distribution-free, from order statistics), and the ratio of the
+median process CPU times (steadier on a shared machine). Target: <= 1.05.
+
+`--control` adds a second plain fit to each pair and reports its pair ratio
+against the first the same way: what two identical fits differ by on this
+machine, the noise floor any ratio above has to be read against.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -63,7 +69,40 @@ def digits_mlp():
     return model, train, val
 
 
-def measure(repeats, epochs):
+def median_interval(values, confidence=0.95):
+    """A distribution-free confidence interval for the median of `values`.
+
+    The interval between the k-th smallest and the k-th largest value holds
+    the true median with probability `1 - 2 P(B < k)`, B ~ Binomial(n, 1/2),
+    whatever the distribution; k is the largest for which that reaches
+    `confidence`. Fewer than 6 values cannot give 95%: then the full range.
+
+    Args:
+        values: The measurements (e.g. per-pair time ratios).
+        confidence: The coverage wanted. Defaults to `0.95`.
+
+    Returns:
+        `(low, high)`.
+
+    Example:
+
+    >>> median_interval([1.0, 1.1, 0.9, 1.2, 1.05, 0.95, 1.0, 1.02, 0.98])
+    (0.95, 1.1)
+    """
+    ordered = sorted(values)
+    n = len(ordered)
+    tail = (1.0 - confidence) / 2.0
+    k, below = 0, 0.0  # below: P(B < k + 1), B ~ Binomial(n, 1/2)
+    while k < n // 2:
+        below += math.comb(n, k) / 2.0**n
+        if below > tail:
+            break
+        k += 1
+    k = max(k, 1)
+    return ordered[k - 1], ordered[n - k]
+
+
+def measure(repeats, epochs, control=False):
     import keras
 
     from trainwatch.callbacks.loss_curve import LossCurve
@@ -88,7 +127,7 @@ def measure(repeats, epochs):
         return time.perf_counter() - start, time.process_time() - cpu_start
 
     fit(False), fit(True)  # warm-up: compilation, first writes
-    plain, watched = [], []
+    plain, watched, plain_again = [], [], []
     for i in range(repeats):
         # alternate which goes first, so drifts in machine load cancel out
         if i % 2:
@@ -97,16 +136,28 @@ def measure(repeats, epochs):
         else:
             plain.append(fit(False))
             watched.append(fit(True))
+        if control:  # the noise floor: a plain fit against a plain fit
+            plain_again.append(fit(False))
     steps = epochs * -(-len(train[0]) // 32)
     wall = [t for t, _ in plain], [t for t, _ in watched]
     cpu = [c for _, c in plain], [c for _, c in watched]
+    pair_ratios = [w / p for p, w in zip(*wall)]
+    extra = {}
+    if control:
+        control_ratios = [a / p for (a, _), p in zip(plain_again, wall[0])]
+        extra = {
+            "control_pair_ratio": statistics.median(control_ratios),
+            "control_interval": median_interval(control_ratios),
+        }
     return {
         "backend": keras.backend.backend(),
         "steps_per_fit": steps,
         "plain_s": statistics.median(wall[0]),
         "watched_s": statistics.median(wall[1]),
         "ratio_of_medians": statistics.median(wall[1]) / statistics.median(wall[0]),
-        "median_pair_ratio": statistics.median(w / p for p, w in zip(*wall)),
+        "median_pair_ratio": statistics.median(pair_ratios),
+        "pair_ratio_interval": median_interval(pair_ratios),
+        **extra,
         # process CPU time (all threads): steadier than wall time on a busy host
         "cpu_ratio_of_medians": statistics.median(cpu[1]) / statistics.median(cpu[0]),
         "plain_all_s": [round(t, 4) for t in wall[0]],
@@ -116,6 +167,11 @@ def measure(repeats, epochs):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also time a second plain fit per pair: the noise floor",
+    )
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--epochs", type=int, default=10)
@@ -129,7 +185,8 @@ def main(argv=None):
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(measure(args.repeats, args.epochs)))
+        result = measure(args.repeats, args.epochs, control=args.control)
+        print("RESULT " + json.dumps(result))
         return
     results = []
     for backend in args.backends.split(","):
@@ -138,6 +195,7 @@ def main(argv=None):
             env["OMP_NUM_THREADS"] = str(args.threads)
         command = [sys.executable, __file__, "--child"]
         command += ["--repeats", str(args.repeats), "--epochs", str(args.epochs)]
+        command += ["--control"] if args.control else []
         output = subprocess.run(
             command, env=env, capture_output=True, text=True, check=False
         )
@@ -148,13 +206,20 @@ def main(argv=None):
         results.append(json.loads(lines[-1][len("RESULT ") :]))
     print(
         f"{'backend':<11}{'steps':>7}{'plain s':>10}{'watched s':>11}"
-        f"{'ratio':>8}{'pair ratio':>12}{'cpu ratio':>11}"
+        f"{'ratio':>8}{'pair ratio [95% CI]':>26}{'cpu ratio':>11}"
+        f"{'control [95% CI]':>24}"
     )
     for r in results:
+        low, high = r["pair_ratio_interval"]
+        control = ""
+        if "control_pair_ratio" in r:
+            c_low, c_high = r["control_interval"]
+            control = f"{r['control_pair_ratio']:.3f} [{c_low:.3f}, {c_high:.3f}]"
         print(
             f"{r['backend']:<11}{r['steps_per_fit']:>7}{r['plain_s']:>10.3f}"
             f"{r['watched_s']:>11.3f}{r['ratio_of_medians']:>8.3f}"
-            f"{r['median_pair_ratio']:>12.3f}{r['cpu_ratio_of_medians']:>11.3f}"
+            f"{r['median_pair_ratio']:>10.3f} [{low:.3f}, {high:.3f}]"
+            f"{r['cpu_ratio_of_medians']:>11.3f}{control:>24}"
         )
     for r in results:
         print(json.dumps(r))
