@@ -76,7 +76,10 @@ class RunReport:
                 lines.append(f"  {name:<48} {value:7.2f}")
             lines.append("")
         if self.gradient_checks:
-            lines.append("Gradient check (log10 relative error, good below -7):")
+            lines.append(
+                "Gradient check (log10 relative error; good at -7 or below, "
+                "a wrong gradient is a finding):"
+            )
             for name, value in self.gradient_checks.items():
                 lines.append(f"  {name:<48} {value:7.2f}")
             lines.append("")
