@@ -42,6 +42,30 @@ class HardWiredFloat32(keras.layers.Layer):
         return ops.cast(x, "float32") * ops.cast(self.gain, "float32")
 
 
+class DoubledGradientDense(keras.layers.Layer):
+    """A dense layer whose kernel gets twice its true gradient."""
+
+    def __init__(self, units=3, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units))
+
+    def call(self, x):
+        @ops.custom_gradient
+        def doubled(kernel):
+            def grad(*args, upstream=None):
+                return 2.0 * (args[0] if upstream is None else upstream)
+
+            return kernel * 1.0, grad
+
+        return ops.matmul(x, doubled(ops.convert_to_tensor(self.kernel)))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
 def soft_sign_squared(x):
     return x * ops.abs(x) / (1.0 + ops.square(x))
 
@@ -110,3 +134,20 @@ def test_a_layer_hard_wired_to_float32_is_imprecise_not_wrong():
         assert any("lower precision than float64" in n for n in variable.notes)
     for finding in result.findings:
         assert "casts to float32" in finding.advice  # not "check again later"
+
+
+def test_a_wrong_custom_gradient_is_caught_in_float64_and_named():
+    # On TensorFlow the copy's variables reached `call` as `tf.Variable`s, and
+    # `tf.custom_gradient` refused the layer: the check fell back on float32.
+    model = model_with(DoubledGradientDense(5, name="doubled"))
+    model.fit(*batch(), epochs=1, verbose=0)  # the layer trains under `fit`
+    result = check_gradients(model, *batch())
+    assert result.precision == "float64", result.message
+    [wrong] = result.failed
+    assert wrong.layer.endswith("doubled")
+    # backprop says 2g where the loss changes by g: |2g - g| / |2g| = 0.5
+    assert wrong.relative_error == pytest.approx(0.5, abs=1e-4), str(result)
+    others = [v for v in result.variables if v is not wrong]
+    assert all(v.verdict == "ok" and v.relative_error < 1e-6 for v in others)
+    [finding] = result.findings
+    assert (finding.code, finding.where) == ("gradient_wrong", wrong.path)

@@ -1,11 +1,11 @@
 """Backend adapters: the only place that imports TensorFlow, JAX or PyTorch.
 
 Each framework has one small module with the same names (`NAME`,
-`value_and_grad`, `to_numpy`, `x64_scope`, `jit`). `get_backend()` imports the
-one for the active Keras backend, so no other framework is ever imported. Code that
-works at the level of Keras models (losses, gradients, the float64 shadow,
-layer captures) lives in `model_functions.py` and `float64.py` and uses only
-these names.
+`value_and_grad`, `to_numpy`, `variable_values`, `x64_scope`, `jit`).
+`get_backend()` imports the one for the active Keras backend, so no other
+framework is ever imported. Code that works at the level of Keras models
+(losses, gradients, the float64 shadow, layer captures) lives in
+`model_functions.py` and `float64.py` and uses only these names.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def get_backend() -> ModuleType:
 
     Returns:
         A module with `NAME`, `value_and_grad(fn, args)`, `to_numpy(x)`,
-        `x64_scope()` and `jit(fn)`.
+        `variable_values(variables)`, `x64_scope()` and `jit(fn)`.
 
     Raises:
         NotImplementedError: the active backend is not one trainwatch supports

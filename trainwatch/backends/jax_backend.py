@@ -34,6 +34,11 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
+def variable_values(variables) -> list:
+    """The current values of Keras variables (JAX arrays)."""
+    return [v.value for v in variables]
+
+
 def x64_scope():
     """Context in which JAX keeps float64 arrays float64 (`jax_enable_x64`)."""
     return jax.enable_x64(True)

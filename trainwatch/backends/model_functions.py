@@ -226,7 +226,7 @@ def _call_kwargs(model, training):
 
 
 def _variable_values(variables):
-    return [v.value for v in variables]
+    return get_backend().variable_values(variables)
 
 
 _built_stand_ins: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -42,6 +42,16 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def variable_values(variables) -> list:
+    """The current values of Keras variables, as tensors (not `tf.Variable`s).
+
+    A `tf.Variable` handed to `stateless_call` stays a variable inside the
+    layers' `call`, and `tf.custom_gradient` then refuses a `grad_fn` without a
+    `variables` argument (a custom-gradient layer that trains under `fit`).
+    """
+    return [tf.convert_to_tensor(v.value) for v in variables]
+
+
 def x64_scope():
     """TensorFlow computes in float64 whenever its inputs are float64."""
     return contextlib.nullcontext()

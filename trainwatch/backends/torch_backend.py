@@ -57,6 +57,11 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def variable_values(variables) -> list:
+    """The current values of Keras variables (their tensors)."""
+    return [v.value for v in variables]
+
+
 def x64_scope():
     """PyTorch computes in float64 whenever its inputs are float64."""
     return contextlib.nullcontext()
