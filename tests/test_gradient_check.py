@@ -339,6 +339,23 @@ def test_unused_variable_is_a_missing_gradient_warning():
     assert finding.severity == "warning" and finding.where == spare.path
 
 
+def test_an_mae_bias_whose_examples_cancel_is_not_called_unused():
+    # One MAE output: the bias gets sign(residual) / n from each example; half
+    # above and half below the targets sum to an exact zero (a batch in four,
+    # at random), which read as "not used: training will not change it".
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(4, "tanh"), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer="sgd", loss="mae")
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+    y = model.predict(x, verbose=0) + np.resize([1.0, -1.0], (8, 1))
+    result = check_gradients(model, x, y)
+    bias = result.variables[-1]
+    assert "cancel" in " ".join(bias.notes), str(result)
+    assert not any("not used" in note for note in bias.notes)
+    assert not result.findings, str(result)
+
+
 def test_users_model_optimizer_and_random_state_untouched():
     model = relu_dropout()
     x, y = batch()

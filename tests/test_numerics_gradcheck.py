@@ -352,3 +352,17 @@ def test_random_direction_is_plus_minus_one():
     d = sampling.random_direction((7, 3), np.random.default_rng(2))
     assert d.shape == (7, 3)
     assert set(np.unique(d)) <= {-1.0, 1.0}
+
+
+def test_reweighted_examples_breaks_a_cancelling_sum_but_not_a_zero_one():
+    rng = np.random.default_rng(0)
+    signs = np.resize([1.0, -1.0], 8)  # per-example gradients summing to 0
+    weights = sampling.reweighted_examples(None, 8, rng)
+    assert np.all((weights >= 0.5) & (weights <= 1.5))
+    assert abs(np.dot(weights, signs)) > 1e-3
+    assert np.dot(weights, np.zeros(8)) == 0.0
+    given = np.array([[1.0, 0.0]] * 8)  # per time step; the zeros stay masked
+    reweighted = sampling.reweighted_examples(given, 8, rng)
+    assert reweighted.shape == (8, 2) and not np.any(reweighted[:, 1])
+    assert sampling.reweighted_examples({"out": np.ones(8)}, 8, rng) is None
+    assert sampling.reweighted_examples(np.ones(5), 8, rng) is None

@@ -749,13 +749,13 @@ def _run(
     for record in probed:
         for part, lines in record["lines"].items():
             pooled.setdefault(part, []).extend(e.fourth_difference for _, e in lines)
-    checks = []
+    checks = [
+        _judge_variable(variable, record, pooled, loss, eps, thresholds, precision)
+        for variable, record in zip(variables, probed)
+    ]
+    _note_cancelled_gradients(eval_model, checks, (x, y, sample_weight), name, rng)
     findings = []
-    for variable, record in zip(variables, probed):
-        check = _judge_variable(
-            variable, record, pooled, loss, eps, thresholds, precision
-        )
-        checks.append(check)
+    for check in checks:
         findings += _variable_findings(check, precision)
     whole = _no_gradient_scope(checks, probed)
     if whole is not None:  # (nearly) no variable gets a gradient: one finding
@@ -766,6 +766,45 @@ def _run(
             findings, whole.paths, no_gradient.finding(whole, evidence)
         )
     return GradientCheckResult(checks, precision, findings, loss=loss)
+
+
+_CANCELLED_NOTE = (
+    "its data gradient is exactly zero on these examples, but not each "
+    "example's: their contributions cancel (e.g. an L1/MAE or hinge loss with "
+    "as many examples on either side). It is in use; other examples give it "
+    "a gradient."
+)
+
+
+def _note_cancelled_gradients(model, checks, batch, precision, rng):
+    """Tells a gradient whose examples cancel from a variable nothing uses.
+
+    A variable with an exactly zero gradient and a flat loss looks unused, but
+    an output bias under an L1 or hinge loss gets `±1/n` from each example and
+    balanced signs cancel exactly. One more gradient pass, with the examples
+    randomly reweighted (`sampling.reweighted_examples`), tells them apart:
+    only there does a variable get a gradient. Runs only when some variable
+    looks unused; where the pass is impossible (sample weights per output)
+    or fails, the variable stays "not used".
+    """
+    unused = [position for position, check in enumerate(checks) if _unused(check)]
+    if not unused:
+        return
+    x, y, sample_weight = batch
+    weights = sampling.reweighted_examples(sample_weight, _count_examples(x), rng)
+    if weights is None:
+        return
+    converted = [mf.convert_batch(part, precision) for part in (x, y, weights)]
+    try:
+        reweighted = mf.compute_gradients(model, *converted, part="data")
+    except Exception:  # "not used" stays: the cautious reading
+        return
+    for position in unused:
+        gradient = reweighted.gradients[position]
+        if gradient is not None and np.any(gradient):
+            check = checks[position]
+            check.notes = [note for note in check.notes if "not used" not in note]
+            check.notes.append(_CANCELLED_NOTE)
 
 
 def _no_gradient_scope(checks, probed):

@@ -87,3 +87,47 @@ def random_direction(shape, rng=None):
     rng = np.random.default_rng(0) if rng is None else rng
     bits = rng.random(size=shape, dtype=np.float32) < 0.5
     return np.where(bits, 1.0, -1.0)
+
+
+def reweighted_examples(sample_weight, examples, rng=None, spread=0.5):
+    """The sample weights with each example's scaled by a random factor.
+
+    A variable's gradient over a batch can be exactly zero while no single
+    example's is: at an L1 or hinge loss, an output bias gets `±1/n` from
+    each example, and balanced signs cancel (with 8 examples and one MAE
+    output, about one batch in four). Under random positive example weights
+    such a sum is no longer zero, while a variable that no example's loss
+    depends on still gets none: that tells the two apart.
+
+    Args:
+        sample_weight: `None` or an array whose first axis is the examples.
+        examples: How many examples the batch holds.
+        rng: A `numpy.random.Generator`. Defaults to `None` (seed 0).
+        spread: The factors are drawn uniformly from `1 ± spread`. Defaults
+            to `0.5`.
+
+    Returns:
+        A float64 array of the weights' shape (`(examples,)` for `None`), or
+        `None` when `sample_weight` is a structure (several outputs) or has
+        no examples axis.
+
+    Example:
+
+    >>> import numpy as np
+    >>> weights = reweighted_examples(None, 4)
+    >>> weights.shape, bool(np.all((weights >= 0.5) & (weights <= 1.5)))
+    ((4,), True)
+    >>> reweighted_examples(np.zeros((4, 3)), 4)[0].tolist()
+    [0.0, 0.0, 0.0]
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    if sample_weight is None:
+        weights = np.ones(examples)
+    elif isinstance(sample_weight, (dict, list, tuple)):
+        return None
+    else:
+        weights = np.asarray(sample_weight, dtype=np.float64)
+        if weights.ndim == 0 or len(weights) != examples:
+            return None
+    factors = rng.uniform(1.0 - spread, 1.0 + spread, size=examples)
+    return weights * factors.reshape((examples,) + (1,) * (weights.ndim - 1))
