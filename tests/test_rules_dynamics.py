@@ -319,3 +319,26 @@ def test_a_validation_score_below_guessing_is_called_a_mismatch_not_overfitting(
             losses, val_losses, scores, val_scores, val_examples=360, chance=chance
         )
         assert "guessing" not in plain.message and "Regularize" in plain.advice
+
+
+def test_a_validation_score_at_guessing_is_called_labels_apart_from_inputs():
+    # digits MLP with its training labels permuted apart from the inputs
+    # (torch): training memorizes, validation stays at 1/10
+    losses, val_losses = [2.16, 2.05, 1.97], [2.33, 2.36, 2.40]
+    scores, val_scores = [0.30, 0.40, 0.45], [0.10, 0.096, 0.116]
+    found = dynamics.overfitting(
+        losses, val_losses, scores, val_scores, val_examples=397, chance=0.1
+    )
+    assert found.code == "overfitting"
+    assert "guessing's 0.1" in found.message and "0.116" in found.message
+    assert "not paired with their inputs" in found.message
+    assert "x and y together" in found.advice and "Regularize" not in found.advice
+    for val_scores, chance, examples in [
+        ([0.15, 0.16], 0.1, 397),  # above guessing's noise: plain overfitting
+        ([0.12, 0.13], 0.1, 10000),  # noise shrinks with the validation size
+        ([0.10, 0.116], None, 397),  # the number of classes is unknown
+    ]:
+        plain = dynamics.overfitting(
+            losses, val_losses, scores, val_scores, val_examples=examples, chance=chance
+        )
+        assert "guessing" not in plain.message and "Regularize" in plain.advice

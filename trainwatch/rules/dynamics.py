@@ -67,6 +67,19 @@ MISMATCH_ADVICE = (
     "classes when the data are sorted by label), and check that the "
     "validation labels are encoded and preprocessed as the training ones."
 )
+# A validation accuracy within this many standard errors of guessing's (or
+# `_AT_CHANCE_SHARE` of it, whichever is wider) while training rises clear of
+# it: what is learned does not carry over to any other example.
+_AT_CHANCE_Z = 2.58
+_AT_CHANCE_SHARE = 0.25
+AT_CHANCE_ADVICE = (
+    "Check that each label belongs to its input: shuffle, sort or subset x and "
+    "y together (one permutation or index for both; `x[p], y[q]` with two "
+    "shuffles pairs them at random), and encode the validation labels as the "
+    "training ones. Regularization will not help while this holds. If the "
+    "pairs are right, the inputs carry no signal about the labels that the "
+    "model can find."
+)
 UNDERFITTING_ADVICE = (
     "Give the model more capacity (wider or deeper layers) or train longer; "
     "check that the learning rate is not too low (update ratios near 1e-3), "
@@ -459,7 +472,9 @@ def overfitting(
         chance: The accuracy of guessing (1/classes), or `None` if unknown. A
             validation score below half of it while training passes 0.5 is
             said to be a validation set unlike the training set, not
-            overfitting. Defaults to `None`.
+            overfitting; one that stays at guessing's level (within its
+            sampling noise) while training rises is said to be labels not
+            paired with their inputs. Defaults to `None`.
 
     Returns:
         An `overfitting` warning, or `None`.
@@ -488,6 +503,22 @@ def overfitting(
                         "unlike the training ones (other classes, other label "
                         "encoding).",
                         MISMATCH_ADVICE,
+                        step=step,
+                        epoch=epoch,
+                    )
+                if _at_chance([b for _, b in recent], chance, val_examples):
+                    return Finding(
+                        "overfitting",
+                        "warning",
+                        f"Training {metric} rose to {t:.4g} while validation "
+                        f"{metric} stays at guessing's {chance:.3g} (1/classes): "
+                        f"{v:.4g}{on}. Nothing the model learns from its "
+                        "training examples carries over to other examples, "
+                        "which a model fitting real input-label pairs does: the "
+                        "labels are most likely not paired with their inputs "
+                        "(shuffled apart from them), in the training or in the "
+                        "validation data.",
+                        AT_CHANCE_ADVICE,
                         step=step,
                         epoch=epoch,
                     )
@@ -522,6 +553,28 @@ def overfitting(
                 epoch=epoch,
             )
     return None
+
+
+def _at_chance(val_scores, chance, val_examples) -> bool:
+    """Whether every validation accuracy is within what guessing scores: at
+    most `_AT_CHANCE_Z` standard errors of guessing's accuracy (on
+    `val_examples` examples) or `_AT_CHANCE_SHARE` of it above it, whichever
+    is wider, and at least half of it (below is a mismatch of their own).
+
+    Example:
+
+    >>> _at_chance([0.116, 0.096], 0.1, 397), _at_chance([0.7, 0.72], 0.1, 397)
+    (True, False)
+    >>> _at_chance([0.11], None, 397)
+    False
+    """
+    if chance is None or not 0.0 < chance < 1.0:
+        return False
+    (noise,) = _score_noise([chance], val_examples)
+    band = max(_AT_CHANCE_Z * noise, _AT_CHANCE_SHARE * chance)
+    return bool(val_scores) and all(
+        _MISMATCH_SHARE_OF_CHANCE * chance <= v <= chance + band for v in val_scores
+    )
 
 
 def _score_noise(val_scores, val_examples):
