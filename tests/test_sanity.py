@@ -583,3 +583,29 @@ def test_regularization_that_swamps_the_data_loss_is_named(l2, dominates):
     [finding] = found
     assert "times the data loss" in finding.message
     assert "Weaken the regularizers" in finding.advice
+
+
+@pytest.mark.parametrize(
+    "loss", ["sparse_categorical_crossentropy", "categorical_crossentropy"]
+)
+def test_labels_that_all_name_one_class_are_reported(loss):
+    x, y = _data()
+    one_class = np.full_like(y, 2)  # e.g. built from a constant
+    if loss == "categorical_crossentropy":
+        y, one_class = np.eye(CLASSES)[y], np.eye(CLASSES)[one_class]
+    model = _classifier(regularize=False)
+    model.compile("adam", loss)
+    report = sanity_check(model, x, one_class, checks=["initial_loss"], verbose=0)
+    assert "labels_single_class" in _codes(report)
+    (found,) = [f for f in report.findings if f.code == "labels_single_class"]
+    assert "All 64 labels checked are class 2" in found.message
+    assert "of the model's 4 classes" in found.message
+    assert "sorted by class" in found.advice
+    assert sanity_check(model, x, y, checks=["initial_loss"], verbose=0).passed
+    # two classes: a rare class may be missing from a few dozen examples
+    two = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(2, "softmax")])
+    two.compile("adam", loss)
+    labels = np.zeros(len(x), "int32")
+    if loss == "categorical_crossentropy":
+        labels = np.eye(2)[labels]
+    assert sanity_check(two, x, labels, checks=["initial_loss"], verbose=0).passed

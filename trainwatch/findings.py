@@ -42,6 +42,7 @@ CODES = (
     "inputs_not_finite",
     "targets_not_normalized",
     "targets_out_of_range",
+    "labels_single_class",
     "init_scale_unusual",
     "loss_noisy",
     "weights_nan",

@@ -42,7 +42,7 @@ from trainwatch.backends import get_backend, model_copy
 from trainwatch.backends import model_functions as mf
 from trainwatch.findings import Finding
 from trainwatch.numerics import expected_loss as el
-from trainwatch.rules import targets
+from trainwatch.rules import labels, targets
 
 CHECKS = ("initial_loss", "regularization", "overfit")
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
@@ -347,6 +347,14 @@ def _check_initial_loss(model, x, y, spec, rtol) -> CheckResult:
         except (TypeError, ValueError):  # targets of another structure: not judged
             scale = None
         scale_findings = () if scale is None else (scale,)
+    elif spec.kind in (el.CATEGORICAL, el.SPARSE_CATEGORICAL):
+        try:
+            predicted = _to_numpy(y_pred)
+            classes = int(predicted.shape[-1]) if predicted.ndim else 0
+            one_class = labels.single_class_labels(_to_numpy(y), spec.kind, classes)
+        except (TypeError, ValueError):  # labels of another structure: not judged
+            one_class = None
+        scale_findings = () if one_class is None else (one_class,)
     result = _judge_initial_loss(model, xb, yb, y, y_pred, data_loss, spec, rtol)
     return result._replace(findings=result.findings + scale_findings)
 
