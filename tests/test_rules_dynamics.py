@@ -153,6 +153,19 @@ def test_loss_plateau_quiet_when_learning_converged_or_diverged():
     assert dynamics.loss_plateau([2.9, 2.9, 2.9], 2.9, steps_seen=10) is None
 
 
+def test_loss_plateau_quiet_on_a_rising_loss():
+    # Adam at 100x its rate (torch digits MLP): the epoch loss rose from 1.572
+    # to 1.987 below 1.5x the first batch's, while update ratios said 435x
+    # too high; a linear output under from_logits=False rose 6.95 -> 8.53
+    for losses, initial in [([1.572, 1.121, 1.987], 2.388), ([6.95, 7.9, 8.53], 5.75)]:
+        assert dynamics.loss_plateau(losses, initial, steps_seen=132) is None
+    rising_late = [2.0, 1.6, 1.40, 1.45, 1.52, 1.60]
+    assert dynamics.loss_plateau(rising_late, 2.3, steps_seen=600) is None
+    # flat within noise is still a plateau
+    flat = dynamics.loss_plateau([2.30, 2.31, 2.32], 2.30, steps_seen=132)
+    assert flat is not None and "did not fall" in flat.message
+
+
 def test_loss_plateau_stuck_at_a_high_value():
     losses = [2.0, 1.6, 1.40, 1.399, 1.398, 1.398]
     finding = dynamics.loss_plateau(losses, 2.3, steps_seen=600)

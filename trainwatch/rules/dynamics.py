@@ -269,6 +269,11 @@ def loss_plateau(
       fraction);
     * over the last `patience` epochs it fell less than `stall_drop`.
 
+    A loss that rose by more than `min_drop` (since the first epoch, or over
+    the last `patience` epochs) is no plateau: a rate too low makes a loss
+    fall slowly, not rise (a rate too high or a loss that does not fit the
+    outputs does).
+
     Args:
         epoch_losses: Training loss of each epoch so far.
         initial_loss: Loss of the first batch, or `None`.
@@ -311,6 +316,8 @@ def loss_plateau(
     ):
         return None
     drop = (first - last) / first
+    if drop < -min_drop:
+        return None  # a rising loss is no rate too low (loss_diverging's)
     if drop < min_drop:
         change = f"fell only {100 * drop:.1f}%" if drop >= 0 else "did not fall"
         return Finding(
@@ -328,7 +335,7 @@ def loss_plateau(
     if len(epochs) > patience:
         before = epochs[-(patience + 1)]
         stall = (before - last) / before
-        if stall < stall_drop:
+        if -min_drop <= stall < stall_drop:
             return Finding(
                 "loss_plateau",
                 "warning",
