@@ -225,3 +225,37 @@ def test_initial_mse_allows_for_outputs_correlated_with_the_labels(kernel, statu
     assert report["initial_loss"].status == status, report["initial_loss"].summary
     codes = [f.code for f in report.findings]
     assert codes == ([] if status == "passed" else ["initial_loss_unexpected"])
+
+
+# -- healthy models users bring: no false alarms ----------------------------------
+
+
+def test_each_outputs_loss_is_reported_as_without_trainwatch(tmp_path, watch_with_only):
+    """The probe's loss is computed through a built copy of the compiled loss:
+    building that copy added its per-output trackers to the user's, and `fit`
+    then reported 0.0 for each output's loss on TensorFlow."""
+    x, y = make_data(n=64)
+    target = x[:, 1:2]
+    inputs = keras.Input((N_FEATURES,))
+    hidden = keras.layers.Dense(8, activation="tanh")(inputs)
+    outputs = {
+        "label": keras.layers.Dense(2, activation="softmax", name="label")(hidden),
+        "value": keras.layers.Dense(1, name="value")(hidden),
+    }
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        "adam",
+        loss={"label": "sparse_categorical_crossentropy", "value": "mse"},
+        loss_weights={"label": 1.0, "value": 0.5},
+    )
+    labels = {"label": y, "value": target}
+    probe = (x[:16], {"label": y[:16], "value": target[:16]})
+    watch = watch_with_only(str(tmp_path), probe, ("input_init",))
+    history = model.fit(
+        x, labels, epochs=1, batch_size=16, verbose=0, callbacks=[watch]
+    )
+    logs = {name: values[-1] for name, values in history.history.items()}
+    assert logs["label_loss"] > 0 and logs["value_loss"] > 0, logs
+    weighted = logs["label_loss"] + 0.5 * logs["value_loss"]
+    assert weighted == pytest.approx(logs["loss"], rel=1e-4), logs
+    assert len(model._compile_loss.metrics) == 2

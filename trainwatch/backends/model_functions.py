@@ -248,8 +248,7 @@ def _built_compile_loss(model, x, y, training):
     stand_in = _built_stand_ins.get(compile_loss)
     if stand_in is not None:
         return stand_in
-    stand_in = object.__new__(type(compile_loss))  # copy.copy would pickle it
-    stand_in.__dict__.update(compile_loss.__dict__)
+    stand_in = _unbuilt_copy(compile_loss)
     y_pred, _ = model.stateless_call(
         _variable_values(model.trainable_variables),
         _variable_values(model.non_trainable_variables),
@@ -259,6 +258,28 @@ def _built_compile_loss(model, x, y, training):
     stand_in.build(y, y_pred)
     _built_stand_ins[compile_loss] = stand_in
     return stand_in
+
+
+def _unbuilt_copy(compile_loss):
+    """A new, unbuilt compiled loss made from the same arguments.
+
+    Not a copy of the object's attributes: its per-output loss trackers
+    (`Mean` metrics that `build` adds to a list it shares with its `Tracker`)
+    would be the user's, so building the copy added trackers to the user's
+    loss, and `fit` then reported 0.0 for each output's loss of a
+    multi-output model on TensorFlow (it read the copy's, never updated).
+    """
+    try:
+        return type(compile_loss)(
+            compile_loss._user_loss,
+            loss_weights=compile_loss._user_loss_weights,
+            reduction=compile_loss.reduction,
+            output_names=compile_loss.output_names,
+        )
+    except (AttributeError, TypeError):  # another Keras: a copy of the object
+        stand_in = object.__new__(type(compile_loss))  # copy.copy would pickle
+        stand_in.__dict__.update(compile_loss.__dict__)
+        return stand_in
 
 
 def make_loss_function(model, x, y, sample_weight=None, part="total", training=False):
