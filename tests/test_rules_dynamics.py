@@ -166,6 +166,20 @@ def test_loss_plateau_quiet_on_a_rising_loss():
     assert flat is not None and "did not fall" in flat.message
 
 
+def test_loss_plateau_quiet_while_the_accuracy_climbs():
+    """A loss near ln 2 that falls 1% while the accuracy climbs 0.5 -> 0.7 is
+    a model learning with timid outputs; a flat accuracy is still a plateau."""
+    losses = [0.6931, 0.690, 0.6864]
+    assert dynamics.loss_plateau(losses, 0.6933, 60, scores=[0.5, 0.58, 0.71]) is None
+    finding = dynamics.loss_plateau(losses, 0.6933, 60, scores=[0.5, 0.52, 0.53])
+    assert finding is not None and finding.code == "loss_plateau"
+    stuck = [2.0, 1.6, 1.40, 1.399, 1.398, 1.398]
+    rising = [0.3, 0.4, 0.5, 0.55, 0.6, 0.66]
+    assert dynamics.loss_plateau(stuck, 2.3, 600, scores=rising) is None
+    flat = [0.3, 0.4, 0.5, 0.5, 0.51, 0.5]
+    assert dynamics.loss_plateau(stuck, 2.3, 600, scores=flat) is not None
+
+
 def test_loss_plateau_stuck_at_a_high_value():
     losses = [2.0, 1.6, 1.40, 1.399, 1.398, 1.398]
     finding = dynamics.loss_plateau(losses, 2.3, steps_seen=600)

@@ -230,6 +230,44 @@ def test_initial_mse_allows_for_outputs_correlated_with_the_labels(kernel, statu
 # -- healthy models users bring: no false alarms ----------------------------------
 
 
+def token_data(n=640, length=10, vocab=50, seed=0):
+    """Padded token sequences (0 pads, lengths 5 to `length`); label 1 where
+    token 1 occurs, which it does only in half of them."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(2, vocab, size=(n, length)).astype("int32")
+    lengths = rng.integers(5, length + 1, size=n)
+    x[np.arange(length) >= lengths[:, None]] = 0
+    y = rng.integers(0, 2, size=n).astype("int32")
+    rows = np.flatnonzero(y)
+    x[rows, rng.integers(0, lengths[rows])] = 1
+    return x, y
+
+
+def test_text_classifier_learning_with_a_slow_loss_is_no_plateau(
+    tmp_path, watch_with_only
+):
+    """Small embeddings averaged over a sequence give logits near zero: at
+    Adam's default rate the loss stays near ln 2 for a few epochs while the
+    accuracy climbs from chance. That is learning, not a rate too low (it was
+    a `loss_plateau` warning after 60 steps on every backend)."""
+    x, y = token_data()
+    model = keras.Sequential(
+        [
+            keras.Input((x.shape[1],), dtype="int32"),
+            keras.layers.Embedding(50, 16, mask_zero=True),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
+    watch = watch_with_only(str(tmp_path), (x[:64], y[:64]), ("loss_curve",))
+    history = model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[watch])
+    losses, accuracy = history.history["loss"], history.history["accuracy"]
+    assert losses[-1] > 0.9 * losses[0], "the premise: a loss that hardly fell"
+    assert accuracy[-1] - accuracy[0] > 0.1, "the premise: a rising accuracy"
+    assert [f.code for f in watch.context.findings] == []
+
+
 def test_each_outputs_loss_is_reported_as_without_trainwatch(tmp_path, watch_with_only):
     """The probe's loss is computed through a built copy of the compiled loss:
     building that copy added its per-output trackers to the user's, and `fit`

@@ -559,6 +559,7 @@ class LossCurve(Monitor):
         with self._lock:
             self._settle()
             steps, losses = list(self._settled_steps), list(self._settled_losses)
+        score = _accuracy_name(self.history)
         findings = [
             dynamics.loss_diverging(
                 self.history.get("loss", ()),
@@ -573,6 +574,7 @@ class LossCurve(Monitor):
                 steps_seen=step,
                 step=step,
                 epoch=g,
+                scores=self.history.get(score, ()) if score else (),
             ),
             dynamics.loss_noisy(
                 losses,
@@ -583,7 +585,6 @@ class LossCurve(Monitor):
                 batches_per_point=self._steps_per_execution,
             ),
         ]
-        score = _accuracy_name(self.history)
         findings.append(
             dynamics.overfitting(
                 self.history.get("loss", ()),

@@ -257,6 +257,8 @@ def loss_plateau(
     patience=3,
     stall_drop=0.01,
     high_fraction=0.5,
+    scores: Sequence[float | None] = (),
+    score_rise=0.1,
 ) -> Finding | None:
     """Flags a loss that hardly falls: a learning rate too low, or stuck.
 
@@ -274,6 +276,12 @@ def loss_plateau(
     fall slowly, not rise (a rate too high or a loss that does not fit the
     outputs does).
 
+    Neither is raised while the training accuracy rose by `score_rise` or
+    more over the same epochs: the model is learning to tell the classes
+    apart, and its loss lags because its outputs are still timid (a text
+    classifier whose small embeddings average to logits near zero: accuracy
+    0.5 to 0.8 while the loss falls 1% from ln 2).
+
     Args:
         epoch_losses: Training loss of each epoch so far.
         initial_loss: Loss of the first batch, or `None`.
@@ -289,6 +297,11 @@ def loss_plateau(
             Defaults to `0.01`.
         high_fraction: Judge only above this fraction of the first batch's
             loss. Defaults to `0.5`.
+        scores: Training accuracy per epoch, aligned with `epoch_losses`
+            (`None` where missing), or `()` when there is none. Defaults to
+            `()`.
+        score_rise: Rise of the accuracy over the judged epochs that shows
+            the model is learning. Defaults to `0.1`.
 
     Returns:
         A `loss_plateau` warning, or `None`.
@@ -298,6 +311,8 @@ def loss_plateau(
     >>> loss_plateau([2.90, 2.89, 2.88], 2.90, steps_seen=135).code
     'loss_plateau'
     >>> loss_plateau([1.0, 0.6, 0.4], 2.30, steps_seen=135) is None
+    True
+    >>> loss_plateau([0.693, 0.69, 0.686], 0.693, 60, scores=[0.5, 0.58, 0.71]) is None
     True
     """
     epochs = _finite(epoch_losses)
@@ -318,7 +333,7 @@ def loss_plateau(
     drop = (first - last) / first
     if drop < -min_drop:
         return None  # a rising loss is no rate too low (loss_diverging's)
-    if drop < min_drop:
+    if drop < min_drop and not _score_rose(epoch_losses, scores, None, score_rise):
         change = f"fell only {100 * drop:.1f}%" if drop >= 0 else "did not fall"
         return Finding(
             "loss_plateau",
@@ -335,7 +350,8 @@ def loss_plateau(
     if len(epochs) > patience:
         before = epochs[-(patience + 1)]
         stall = (before - last) / before
-        if -min_drop <= stall < stall_drop:
+        learning = _score_rose(epoch_losses, scores, patience + 1, score_rise)
+        if -min_drop <= stall < stall_drop and not learning:
             return Finding(
                 "loss_plateau",
                 "warning",
@@ -349,6 +365,19 @@ def loss_plateau(
                 epoch=epoch,
             )
     return None
+
+
+def _score_rose(losses, scores, last_epochs, rise) -> bool:
+    """Whether the score rose by `rise` or more from the first to the last of
+    the `last_epochs` epochs with a finite loss (all of them for `None`).
+
+    Example:
+
+    >>> _score_rose([0.69, 0.69, 0.68], [0.5, None, 0.62], None, 0.1)
+    True
+    """
+    pairs = _pairs(losses, scores)[-last_epochs if last_epochs else 0 :]
+    return len(pairs) >= 2 and pairs[-1][1] - pairs[0][1] >= rise
 
 
 def loss_noisy(
