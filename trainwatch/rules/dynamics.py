@@ -472,6 +472,7 @@ def overfitting(
     val_examples=None,
     z=1.64,
     chance=None,
+    val_fall=0.05,
 ) -> Finding | None:
     """Flags a wide or growing gap between training and validation.
 
@@ -482,7 +483,13 @@ def overfitting(
       than the validation set's sampling noise adds to it: with `n` examples
       the validation accuracy `v` is uncertain by `sqrt(v (1 - v) / n)`, so
       the gap must exceed `score_gap + z` times that (0.1 + 0.09 on 39
-      examples at v = 0.85; nothing is added when `n` is unknown);
+      examples at v = 0.85; nothing is added when `n` is unknown); not while
+      the validation loss still fell by `val_fall` or more at each of those
+      validations: the validation side is still learning fast (early in
+      training a gap comes from BatchNormalization's moving statistics,
+      which lag the batch statistics for a few hundred steps, or from a
+      validation split harder than the training data), and stopping or
+      regularizing then is the wrong advice;
     * the validation loss rose `patience` validations in a row, to more than
       `1 + rise` times its minimum, while the training loss kept falling.
 
@@ -511,6 +518,9 @@ def overfitting(
             overfitting; one that stays at guessing's level (within its
             sampling noise) while training rises is said to be labels not
             paired with their inputs. Defaults to `None`.
+        val_fall: Fall of the validation loss (fraction) at each of the
+            last `persist` validations that shows it is still improving fast.
+            Defaults to `0.05`.
 
     Returns:
         An `overfitting` warning, or `None`.
@@ -526,7 +536,8 @@ def overfitting(
             t, v = pairs[-1]
             recent = pairs[-persist:]
             noise = _score_noise([b for _, b in recent], val_examples)
-            if all(a - b > score_gap + z * n for (a, b), n in zip(recent, noise)):
+            wide = all(a - b > score_gap + z * n for (a, b), n in zip(recent, noise))
+            if wide and not _still_falling(val_losses, persist, val_fall):
                 on = f" on {val_examples} validation examples" if val_examples else ""
                 below = chance is not None and v < _MISMATCH_SHARE_OF_CHANCE * chance
                 if below and v >= 0.0 and t > _MISMATCH_TRAIN:
@@ -611,6 +622,21 @@ def _at_chance(val_scores, chance, val_examples) -> bool:
     return bool(val_scores) and all(
         _MISMATCH_SHARE_OF_CHANCE * chance <= v <= chance + band for v in val_scores
     )
+
+
+def _still_falling(losses, times, fall) -> bool:
+    """Whether each of the last `times` finite losses is at least `fall` (a
+    fraction) below the one before it.
+
+    Example:
+
+    >>> _still_falling([2.2, 2.05, None, 1.8, 1.49], 2, 0.05)
+    True
+    """
+    recent = _finite(losses)[-(times + 1) :]
+    if len(recent) < times + 1 or min(recent[:-1]) <= 0:
+        return False
+    return all(b <= (1.0 - fall) * a for a, b in zip(recent, recent[1:]))
 
 
 def _score_noise(val_scores, val_examples):
