@@ -297,3 +297,49 @@ def test_each_outputs_loss_is_reported_as_without_trainwatch(tmp_path, watch_wit
     weighted = logs["label_loss"] + 0.5 * logs["value_loss"]
     assert weighted == pytest.approx(logs["loss"], rel=1e-4), logs
     assert len(model._compile_loss.metrics) == 2
+
+
+def fixed_sigmoid_classifier(kernel):
+    """A logistic regressor whose untrained logits are `x @ kernel`."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, "sigmoid")])
+    model.compile("adam", "binary_crossentropy")
+    kernel = np.asarray(kernel, dtype="float32").reshape(4, 1)
+    model.layers[0].set_weights([kernel, np.zeros(1, dtype="float32")])
+    return model
+
+
+@pytest.mark.parametrize(
+    "kernel, status",
+    [
+        # Logits within unit spread that correlate with the labels by chance,
+        # as a Glorot MLP's do on standardized breast-cancer features (|corr|
+        # up to 0.7, initial loss 1.45 against ln 2): the cross term moves the
+        # loss. Both were `initial_loss_unexpected` warnings.
+        ([-0.9, 0.0, 0.0, 0.0], "passed"),  # raised: 1.15
+        ([0.9, 0.0, 0.0, 0.0], "passed"),  # lowered: 0.42
+        # Logits four times the cap's scale are still reported, whether or
+        # not they correlate with the labels.
+        ([0.0, 4.0, 0.0, 0.0], "failed"),
+        ([4.0, 0.0, 0.0, 0.0], "failed"),
+        ([-4.0, 0.0, 0.0, 0.0], "failed"),
+    ],
+    ids=[
+        "anticorrelated",
+        "correlated",
+        "too_large",
+        "too_large_correlated",
+        "too_large_anti",
+    ],
+)
+def test_initial_binary_loss_allows_for_logits_correlated_with_the_labels(
+    kernel, status
+):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 4)).astype("float32")
+    y = (x[:, :1] > 0).astype("float32")
+    report = trainwatch.sanity_check(
+        fixed_sigmoid_classifier(kernel), x, y, checks=["initial_loss"], verbose=0
+    )
+    assert report["initial_loss"].status == status, report["initial_loss"].summary
+    codes = [f.code for f in report.findings]
+    assert codes == ([] if status == "passed" else ["initial_loss_unexpected"])
