@@ -525,6 +525,25 @@ def test_overfit_check_trains_at_a_schedules_first_rate():
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0
 
 
+def test_overfit_check_trains_at_a_warm_up_schedules_peak_rate():
+    """`CosineDecay` with a warm-up starts at rate 0 by default: trained at
+    its first rate the copy never moved, and a healthy model was reported as
+    `cannot_overfit_small_subset` "at lr 0" (and again at 10x 0)."""
+    x, y = _data()
+    model = _classifier(regularize=False)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=150, warmup_target=1e-2, warmup_steps=30
+    )
+    model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy")
+    report = sanity_check(model, x, y, checks=("overfit",), verbose=0)
+    overfit = report["overfit"]
+    assert overfit.status == "passed", overfit.summary
+    assert [f.code for f in report.findings] == []
+    assert overfit.values["attempts"][0]["learning_rate"] == pytest.approx(1e-2)
+    assert "(the schedule's peak rate, at step 30)" in overfit.summary
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0
+
+
 def test_loss_scale_optimizer_trains_private_weights_unscaled():
     """The private-weights path does not scale the loss: the wrapper's inner
     optimizer applies the gradients (the wrapper would divide them by its

@@ -669,9 +669,10 @@ def _fresh_optimizer(optimizer, lr_factor):
 def _rate_label(rate, optimizer, factor=1.0) -> str:
     """`"lr 0.01"` for a constant rate, else what sets the rate.
 
-    `optimizer` is the user's: a schedule's first rate (what the copy trains
-    at, see `model_copy.copy_optimizer`) is said to be one, times `factor`
-    (the learning-rate factor of the attempt) where that is not 1.
+    `optimizer` is the user's: a schedule's largest rate (what the copy
+    trains at, see `model_copy.copy_optimizer`) is said to be its first rate,
+    or its peak and where that is (after a warm-up), times `factor` (the
+    learning-rate factor of the attempt) where that is not 1.
     """
     base = model_copy.base_optimizer(optimizer)
     learning_rate = getattr(base, "_learning_rate", None)
@@ -680,9 +681,14 @@ def _rate_label(rate, optimizer, factor=1.0) -> str:
     )
     if rate is not None:
         times = "" if factor == 1 else f"{factor:g}x "
-        return f"lr {rate:.3g}" + (
-            f" ({times}the schedule's first rate)" if is_schedule else ""
-        )
+        if not is_schedule:
+            return f"lr {rate:.3g}"
+        which = "first rate"
+        with contextlib.suppress(Exception):
+            _, step = model_copy.schedule_peak(learning_rate)
+            if step > 0:
+                which = f"peak rate, at step {step}"
+        return f"lr {rate:.3g} ({times}the schedule's {which})"
     if is_schedule:
         return "lr schedule"
     if callable(learning_rate):
