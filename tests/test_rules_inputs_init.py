@@ -95,6 +95,22 @@ def test_constant_features_are_a_note_not_unnormalized():
     assert "features 0, 32, 39" in found[0].message
 
 
+def test_a_large_constant_feature_is_unnormalized():
+    # standardized digits with one feature set to 1000 on every example: the
+    # digits MLP's initial loss was 13.9 and no step could lower it
+    _, standardized = digits()
+    x = standardized.copy()
+    x[:, 5] = 1000.0
+    found = findings_for(x, name="pixels")
+    warning = [f for f in found if f.severity == "warning"]
+    assert [(f.code, f.where) for f in warning] == [("inputs_not_normalized", "pixels")]
+    assert "constant feature(s) (5) hold large values: 1000" in warning[0].message
+    assert "`std[std == 0] = 1`" in warning[0].advice
+    for value in (1.0, -3.0):  # a bias column stays a note
+        x[:, 5] = value
+        assert codes(findings_for(x), "warning") == [], f"{value=}"
+
+
 def test_all_constant_input_is_a_warning():
     found = findings_for(np.ones((10, 4)))
     assert [(f.code, f.severity) for f in found] == [("inputs_constant", "warning")]

@@ -25,8 +25,9 @@ preprocessing"). The rules below read the per-feature statistics of
 
 * `inputs_constant` (info; warning when every feature is constant) for
   features that take one value on the data given: they carry nothing and
-  must not be divided by their zero std. A constant feature is never called
-  unnormalized.
+  must not be divided by their zero std. A constant feature is called
+  unnormalized only when its value is above `HIGH_RMS` (a column of ones is
+  fine; a constant 1000 shifts every unit it feeds).
 
 Binary features (one-hot, indicators: exactly two values) are exempt from the
 scale rules: they are fine as they are.
@@ -94,11 +95,13 @@ def not_normalized_reasons(stats: InputStats) -> list[str]:
     >>> len(not_normalized_reasons(summarize_input(x))) > 0
     True
     """
-    graded = np.flatnonzero(stats.graded)
-    if graded.size == 0 or stats.n_examples < 2:
+    if stats.n_examples < 2:
         return []
     unit = _unit(stats)
-    reasons = []
+    reasons = _large_constant_reasons(stats)
+    graded = np.flatnonzero(stats.graded)
+    if graded.size == 0:
+        return reasons
     rms = overall_rms(stats)
     if rms > HIGH_RMS:
         reasons.append(
@@ -130,6 +133,38 @@ def not_normalized_reasons(stats: InputStats) -> list[str]:
             f"{stats.std[index]:.3g} ({offsets[worst]:.3g} stds off zero)."
         )
     return reasons
+
+
+def _large_constant_reasons(stats: InputStats) -> list[str]:
+    """A sentence on constant features whose value exceeds `HIGH_RMS` (empty
+    if none): each adds its value times its weights to every first-layer
+    unit, a bias the network did not start with.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from trainwatch.numerics.input_stats import summarize_input
+    >>> x = np.random.default_rng(0).normal(size=(64, 4))
+    >>> x[:, 2] = 1000.0
+    >>> _large_constant_reasons(summarize_input(x))[0][:49]
+    '1 constant feature(s) (2) hold large values: 1000'
+    >>> x[:, 2] = 1.0  # a column of ones (a bias input) is harmless
+    >>> _large_constant_reasons(summarize_input(x))
+    []
+    """
+    constant = np.flatnonzero(stats.constant)
+    large = constant[np.abs(stats.mean[constant]) > HIGH_RMS]
+    if large.size == 0:
+        return []
+    unit = _unit(stats)
+    value = float(stats.mean[large[np.argmax(np.abs(stats.mean[large]))]])
+    return [
+        f"{large.size} constant {unit}(s) ({_listed(large)}) hold large values: "
+        f"{value:.4g} on every example. A constant input adds its value times its "
+        "weights to every unit it feeds, a bias of that scale the network did not "
+        "start with (units pushed into saturation, dead ReLUs, outputs confident "
+        "from the first step), and it carries no information."
+    ]
 
 
 def input_findings(stats_list) -> list[Finding]:
