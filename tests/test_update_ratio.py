@@ -184,6 +184,47 @@ def test_learning_rate_far_off_is_found(learning_rate, code, advice):
     assert "update_ratio_low" not in codes or code == "update_ratio_low"
 
 
+def test_adam_steps_far_below_its_rate_are_vanishing_gradients_not_a_low_rate():
+    # digits MLP on raw 0-256 pixels (jax, epoch 7): the softmax sits at the
+    # loss's clipping, and Adam at 1e-3 moved the weights 7.7e-7 of their norm
+    history = {"d/kernel": [7.7e-7, 8e-7, 7e-7]}
+    rules = dict(low=3e-5, learning_rate=1e-3)
+    (sgd,) = dynamics.update_ratio_findings(history, **rules)  # SGD: no rate
+    assert "raise the learning rate about" in sgd.advice
+    (adam,) = dynamics.update_ratio_findings(
+        history, **rules, adaptive_ratios={"d/kernel": 8e-3}
+    )
+    assert adam.code == "update_ratio_low" and "1e+04x smaller" in adam.message
+    assert "smaller than its rate 0.001 makes them" in adam.message
+    assert (
+        "will not help" in adam.advice and "raise the learning rate" not in adam.advice
+    )
+    # Adam at 1e-6 on standardized inputs steps as its rate says: too low
+    slow = {"d/kernel": [2e-6, 3e-6, 2e-6]}
+    (low,) = dynamics.update_ratio_findings(
+        slow, low=3e-5, learning_rate=1e-6, adaptive_ratios={"d/kernel": 8e-6}
+    )
+    assert "raise the learning rate about" in low.advice
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_adaptive_step_ratios_are_the_rate_over_the_weights_rms(optimizer):
+    x, y = digits(128)
+    model = build(1e-3)
+    if optimizer == "sgd":
+        model.compile(keras.optimizers.SGD(1e-3), "sparse_categorical_crossentropy")
+    ratios = UpdateRatio(update_freq=1, verbose=0)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[ratios])
+    adaptive = ratios._adaptive_ratios()
+    if optimizer == "sgd":
+        assert adaptive is None
+        return
+    kernels = [v for v in model.trainable_variables if len(v.shape) > 1]
+    for variable in kernels:  # biases start at 0: their RMS moves fast
+        rms = np.sqrt(np.mean(keras.ops.convert_to_numpy(variable) ** 2))
+        np.testing.assert_allclose(adaptive[variable.path], 1e-3 / rms, rtol=0.05)
+
+
 def test_callbacks_do_not_change_what_is_learned():
     x, y = digits(128)
     fit = dict(batch_size=32, epochs=2, verbose=0, validation_data=(x[:32], y[:32]))

@@ -251,6 +251,9 @@ class UpdateRatio(Monitor):
         self._spe = 1
         self._steps = None
         self._learning_rate = None
+        self._adaptive = False  # Adam-like: steps of about the learning rate
+        self._sizes = {}  # variable path -> number of weights
+        self._weight_rms = {}  # variable path -> RMS of its latest sampled weights
         self._layout_written = False
         self._seen_high = False
         self._codes_reported = set()
@@ -276,6 +279,11 @@ class UpdateRatio(Monitor):
         self._steps = int(steps) if steps else None
         self._snapshot = None
         self._learning_rate = _current_learning_rate(model)
+        self._adaptive = _is_adaptive(getattr(model, "optimizer", None))
+        self._sizes = {
+            p: int(np.prod(v.shape)) for v, p in zip(self._variables, self._paths)
+        }
+        self._weight_rms = {}
         self._write_layout()
 
     def epoch_begin(self, epoch):
@@ -398,8 +406,10 @@ class UpdateRatio(Monitor):
         per_variable = [ur.ratio(u, p, spanned) for u, p in zip(sq_update, sq_param)]
         per_layer = ur.layer_ratios(self._paths, sq_update, sq_param, spanned)
         values = {}
-        for path, ratio in zip(self._paths, per_variable):
+        for path, ratio, squares in zip(self._paths, per_variable, sq_param):
             self.latest[path] = ratio
+            if self._adaptive and self._sizes.get(path) and squares > 0:
+                self._weight_rms[path] = math.sqrt(squares / self._sizes[path])
             series = self.history.setdefault(path, [])
             series.append(ratio)
             del series[:-_HISTORY]
@@ -423,6 +433,7 @@ class UpdateRatio(Monitor):
             low=self.warn_below,
             high=self.warn_above,
             learning_rate=self._learning_rate,
+            adaptive_ratios=self._adaptive_ratios(),
         )
         still = dynamics.weights_not_updated(self.history, step=step, epoch=epoch)
         if still is not None:
@@ -441,6 +452,14 @@ class UpdateRatio(Monitor):
                 continue
             if self.context.report(finding):
                 self._codes_reported.add(finding.code)
+
+    def _adaptive_ratios(self):
+        """`{path: lr / RMS of its weights}` under an adaptive optimizer, whose
+        steps are about the learning rate per weight; `None` otherwise."""
+        rate = self._learning_rate
+        if not self._adaptive or rate is None or rate <= 0:
+            return None
+        return {path: rate / rms for path, rms in self._weight_rms.items() if rms > 0}
 
     def _check_finite(self, step, epoch, sq_update, sq_param):
         """Weights that became nan or inf: said even when the loss stays finite
@@ -489,6 +508,24 @@ class UpdateRatio(Monitor):
             }
         )
         self._layout_written = True
+
+
+# Optimizers that step each weight by about the learning rate, whatever the
+# gradient's size (normalized by its running RMS, or its sign).
+_ADAPTIVE_OPTIMIZERS = frozenset(
+    {"Adam", "AdamW", "Adamax", "Nadam", "RMSprop", "Lion"}
+)
+
+
+def _is_adaptive(optimizer) -> bool:
+    """Whether an optimizer (unwrapped from loss scaling) is Adam-like.
+
+    Example:
+
+    >>> _is_adaptive(None)
+    False
+    """
+    return type(base_optimizer(optimizer)).__name__ in _ADAPTIVE_OPTIMIZERS
 
 
 def _current_learning_rate(model):

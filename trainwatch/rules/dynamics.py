@@ -80,6 +80,18 @@ AT_CHANCE_ADVICE = (
     "pairs are right, the inputs carry no signal about the labels that the "
     "model can find."
 )
+# An adaptive optimizer (Adam, RMSprop, Lion) steps each weight by about its
+# learning rate: healthy runs reach 0.1-0.6 of `lr / rms(W)`. Ratios this many
+# times below it are gradients that vanish, not a rate too low.
+ADAPTIVE_SHORTFALL = 100.0
+VANISHED_STEPS_ADVICE = (
+    "Raising the learning rate will not help: find what stops the gradient. "
+    "Outputs saturated at the loss's clipping (inputs far from standardized, "
+    "such as raw 0-255 pixels, or weights blown up), dead ReLUs or saturated "
+    "tanh/sigmoid units (see gradient_missing, dead_units, saturated_units, "
+    "inputs_not_normalized and the activation histograms), or a model that "
+    "has converged."
+)
 UNDERFITTING_ADVICE = (
     "Give the model more capacity (wider or deeper layers) or train longer; "
     "check that the learning rate is not too low (update ratios near 1e-3), "
@@ -771,6 +783,31 @@ def underfitting(
     )
 
 
+def _adaptive_shortfall(flagged, adaptive_ratios) -> float | None:
+    """How many times the flagged ratios fall short of an adaptive
+    optimizer's (median over the variables), when it is at least
+    `ADAPTIVE_SHORTFALL`; else `None`.
+
+    Example:
+
+    >>> round(_adaptive_shortfall({"k": 7.7e-7}, {"k": 8e-3}))
+    10390
+    >>> _adaptive_shortfall({"k": 2e-6}, {"k": 8e-6}) is None  # a rate too low
+    True
+    """
+    if not adaptive_ratios:
+        return None
+    shortfalls = [
+        adaptive_ratios[path] / ratio
+        for path, ratio in flagged.items()
+        if ratio > 0 and adaptive_ratios.get(path, 0.0) > 0
+    ]
+    if not shortfalls:
+        return None
+    shortfall = statistics.median(shortfalls)
+    return shortfall if shortfall >= ADAPTIVE_SHORTFALL else None
+
+
 def weights_not_updated(
     history: Mapping[str, Sequence[float]], step=None, epoch=None, min_samples=4
 ) -> Finding | None:
@@ -849,6 +886,7 @@ def update_ratio_findings(
     min_samples=3,
     learning_rate=None,
     healthy=HEALTHY_RATIO,
+    adaptive_ratios=None,
 ) -> list[Finding]:
     """Flags update/parameter ratios sustained far outside the healthy ~1e-3.
 
@@ -872,6 +910,12 @@ def update_ratio_findings(
         learning_rate: The current learning rate, to suggest a value.
             Defaults to `None`.
         healthy: The healthy ratio. Defaults to `1e-3`.
+        adaptive_ratios: `{variable path: learning rate / RMS of its
+            weights}`, the ratio an adaptive optimizer (Adam, RMSprop, Lion)
+            gives when each weight steps by about the learning rate, or
+            `None` for other optimizers. Low ratios that fall short of it
+            `ADAPTIVE_SHORTFALL`-fold or more are said to be gradients that
+            vanish, not a learning rate too low. Defaults to `None`.
 
     Returns:
         Up to two findings (`update_ratio_high`, `update_ratio_low`).
@@ -905,6 +949,26 @@ def update_ratio_findings(
             f"{len(flagged)} of {len(levels)} weight variables (median of the "
             f"last {window} samples: {named}); about {healthy:g} is healthy."
         )
+        shortfall = None
+        if learning_rate is not None and learning_rate > 0:
+            shortfall = _adaptive_shortfall(flagged, adaptive_ratios)
+        if code == "update_ratio_low" and shortfall is not None:
+            findings.append(
+                Finding(
+                    code,
+                    "warning",
+                    f"{message} Yet the optimizer steps each weight by about the "
+                    "learning rate whatever the gradient's size, so these "
+                    f"updates are {shortfall:.2g}x smaller than its rate "
+                    f"{learning_rate:.3g} makes them: the gradients are zero (or "
+                    "cancel out) on most steps.",
+                    VANISHED_STEPS_ADVICE,
+                    step=step,
+                    epoch=epoch,
+                    where=worst[0][0] if len(flagged) == 1 else None,
+                )
+            )
+            continue
         if code == "update_ratio_high":
             change = f"lower the learning rate about {factor:.3g}x"
             cause = "The steps are too large: "
