@@ -109,6 +109,7 @@ def test_saturated_outputs_are_one_finding_that_blames_the_weights(output):
     assert "ln(3) = 1.10" in message and "saturated" in message
     assert "clipping of probabilities to [1e-7, 1 - 1e-7]" in message
     assert "learning rate is far too high" in finding.advice
+    assert "inputs are far from standardized" in finding.advice  # raw pixels do it
     assert "re-initialize" in finding.advice
     # Each variable still says what it saw, in the result's table.
     assert all("not used" in " ".join(v.notes) for v in result.variables)

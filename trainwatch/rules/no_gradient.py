@@ -379,8 +379,11 @@ def _all_flat(found, evidence) -> Finding:
                 f"{eps}, a loss of {-math.log(evidence.epsilon):.1f} each)"
                 f"{rest}.",
                 "The weights blew up: most likely the learning rate is far too "
-                "high (or the initialization far too large). Lower the learning "
-                "rate (10x or more) and re-initialize the model: saturated "
+                "high (or the initialization far too large); or the inputs are "
+                "far from standardized (raw 0-255 pixels, a large constant "
+                "feature: see inputs_not_normalized), which saturates the outputs "
+                "of a healthy network. Lower the learning rate (10x or more), "
+                "standardize the inputs, and re-initialize the model: saturated "
                 "weights do not recover. Gradient clipping (`clipnorm=1.0` on "
                 "the optimizer) also limits such steps.",
             )
