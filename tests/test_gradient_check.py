@@ -356,6 +356,30 @@ def test_an_mae_bias_whose_examples_cancel_is_not_called_unused():
     assert not result.findings, str(result)
 
 
+def test_masked_sequences_with_sample_weights_are_checked():
+    # Keras multiplies the sample weights by the output's mask in place: on
+    # PyTorch every loss evaluation scaled the check's weights by 6/5 (one
+    # padded step in six), and every variable came out inconclusive.
+    model = keras.Sequential(
+        [
+            keras.Input((6,), dtype="int32"),
+            keras.layers.Embedding(9, 3, mask_zero=True),
+            keras.layers.Dense(2, activation="tanh"),
+        ]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 9, size=(8, 6))
+    x[:, 5] = 0  # padding
+    y = rng.normal(size=(8, 6, 2))
+    weights = rng.uniform(0.5, 1.5, size=(8, 6))
+    result = check_gradients(model, x, y, sample_weight=weights)
+    assert result.precision == "float64"
+    assert result.passed, str(result)
+    assert all(v.verdict == "ok" for v in result.variables), str(result)
+    assert result.max_relative_error < 1e-6, str(result)
+
+
 def test_users_model_optimizer_and_random_state_untouched():
     model = relu_dropout()
     x, y = batch()

@@ -305,6 +305,24 @@ def make_loss_function(model, x, y, sample_weight=None, part="total", training=F
     return loss_fn
 
 
+def _fresh(sample_weight):
+    """A copy of the sample weights, for one loss evaluation.
+
+    Keras's `losses.loss.apply_mask` multiplies them in place
+    (`sample_weight *= mask`) when the model's output carries a mask
+    (`mask_zero=True`, `Masking`): on PyTorch that scaled the caller's tensor
+    by `total / valid` steps at every call, so a gradient check's later
+    evaluations saw other weights (a loss growing 1.2x a call, finite
+    differences of 1e15).
+    """
+    if sample_weight is None:
+        return None
+    return keras.tree.map_structure(
+        lambda weights: None if weights is None else keras.ops.copy(weights),
+        sample_weight,
+    )
+
+
 def batch_loss_function(model, x, y, part="total", training=False):
     """`fn(trainable, non_trainable, x, y, sample_weight) -> (loss_part, aux)`.
 
@@ -329,6 +347,7 @@ def batch_loss_function(model, x, y, part="total", training=False):
     custom_loss = _overrides_compute_loss(model) or model._compile_loss is None
 
     def loss_of_batch(trainable_values, non_trainable, x, y, sample_weight):
+        sample_weight = _fresh(sample_weight)
         y_pred, _, extra_losses = model.stateless_call(
             trainable_values, non_trainable, x, return_losses=True, **kwargs
         )
