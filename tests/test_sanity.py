@@ -195,6 +195,25 @@ def test_binary_and_mean_squared_error_expectations():
     assert "zero-mean output" in values["assumption"]
 
 
+@pytest.mark.parametrize("activation, center", [("sigmoid", 0.5), ("softmax", 0.25)])
+def test_mean_squared_error_behind_a_bounded_output_expects_its_resting_value(
+    activation, center
+):
+    # one-hot classes under MSE: an untrained sigmoid sits at 0.5, not 0, so
+    # its loss is ~0.25, not mean(y**2) = 1/classes
+    x, y = _data()
+    one_hot = np.eye(CLASSES)[y]
+    model = _classifier(output_activation=activation, regularize=False)
+    model.compile("adam", "mse")
+    report = sanity_check(model, x, one_hot, checks=["initial_loss"], verbose=0)
+    result = report["initial_loss"]
+    assert result.status == "passed", report.findings
+    expected = np.mean((one_hot - center) ** 2)
+    assert result.values["expected"] == pytest.approx(expected, rel=1e-5)
+    assert f"mean((y - {center:.3g})**2)" in result.summary
+    assert f"sit near {center:.3g}" in result.values["assumption"]
+
+
 def _state(model):
     weights = [np.array(w) for w in model.get_weights()]
     optimizer = [

@@ -254,6 +254,9 @@ def _formula(expectation) -> str:
         return f"ln({expectation.num_classes}) = {expectation.expected:.4g}"
     if expectation.kind == el.BINARY:
         return f"ln(2) = {expectation.expected:.4g}"
+    center = getattr(expectation, "output_center", 0.0)
+    if center:
+        return f"mean((y - {center:.3g})**2) = {expectation.expected:.4g}"
     return f"mean(y**2) = {expectation.expected:.4g}"
 
 
@@ -377,6 +380,19 @@ def _output_activation(model):
     return name, getattr(layer, "path", layer.name)
 
 
+def _output_center(model, kind, num_outputs) -> float:
+    """What an untrained model's outputs sit near under mean squared error:
+    0.5 behind a sigmoid, 1/outputs behind a softmax, else 0."""
+    if kind != el.MEAN_SQUARED_ERROR:
+        return 0.0
+    activation, _ = _output_activation(model)
+    if activation in ("sigmoid", "hard_sigmoid"):
+        return 0.5
+    if activation == "softmax" and num_outputs and num_outputs > 1:
+        return 1.0 / num_outputs
+    return 0.0
+
+
 def _judge_initial_loss(model, xb, yb, y, y_pred, data_loss, spec, rtol):
     name = "initial_loss"
     values = {"loss_name": spec.name, "examples": _length(xb)}
@@ -413,7 +429,12 @@ def _judge_initial_loss(model, xb, yb, y, y_pred, data_loss, spec, rtol):
             )
         elif data_loss is not None:
             expectation = el.initial_loss_expectation(
-                spec.kind, y_true, y_pred, spec.from_logits, rtol=rtol
+                spec.kind,
+                y_true,
+                y_pred,
+                spec.from_logits,
+                rtol=rtol,
+                output_center=_output_center(model, spec.kind, num_classes),
             )
 
     if data_loss is None:

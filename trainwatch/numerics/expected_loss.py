@@ -67,6 +67,9 @@ class InitialLossExpectation(NamedTuple):
             output (mean squared error).
         num_classes: `C` for the cross-entropies, else `None`.
         assumption: The condition under which `expected` holds, in words.
+        output_center: For mean squared error, the output an untrained
+            network sits near (0.5 behind a sigmoid): `expected` is
+            `mean((y - output_center)**2)`. 0 otherwise.
     """
 
     kind: str
@@ -78,6 +81,7 @@ class InitialLossExpectation(NamedTuple):
     output_spread: float
     num_classes: int | None
     assumption: str
+    output_center: float = 0.0
 
 
 def _as_float_array(values) -> np.ndarray:
@@ -289,7 +293,13 @@ _ASSUMPTIONS = {
 
 
 def initial_loss_expectation(
-    kind, y_true, y_pred, from_logits=False, rtol=0.1, spread_cap=SPREAD_CAP
+    kind,
+    y_true,
+    y_pred,
+    from_logits=False,
+    rtol=0.1,
+    spread_cap=SPREAD_CAP,
+    output_center=0.0,
 ) -> InitialLossExpectation:
     """The expected initial loss for these labels and a tolerance for them.
 
@@ -303,6 +313,9 @@ def initial_loss_expectation(
             mean squared logit) still counted as normal for an initialized
             network: unit-variance logits, about what Glorot or He
             initialization gives on standardized inputs. Defaults to `1.0`.
+        output_center: For mean squared error, what the output activation
+            gives at zero input (0.5 for a sigmoid, 1/C for a softmax): the
+            untrained outputs sit near it, not near 0. Defaults to `0.0`.
 
     Returns:
         An `InitialLossExpectation`.
@@ -316,6 +329,14 @@ def initial_loss_expectation(
     """
     _check_kind(kind)
     y_pred = _as_float_array(y_pred)
+    assumption = _ASSUMPTIONS[kind]
+    center = float(output_center) if kind == MEAN_SQUARED_ERROR else 0.0
+    if center:  # the squared error is the same measured from the center
+        y_true, y_pred = _as_float_array(y_true) - center, y_pred - center
+        assumption = (
+            f"a network whose outputs sit near {center:.3g}, what its output "
+            "activation gives at zero input"
+        )
     num_classes = None
     if kind in (CATEGORICAL, SPARSE_CATEGORICAL):
         num_classes = int(y_pred.shape[-1]) if y_pred.ndim else 1
@@ -336,7 +357,8 @@ def initial_loss_expectation(
         spread_allowance=float(allowance),
         output_spread=float(spread),
         num_classes=num_classes,
-        assumption=_ASSUMPTIONS[kind],
+        assumption=assumption,
+        output_center=center,
     )
 
 
