@@ -151,3 +151,32 @@ def test_a_wrong_custom_gradient_is_caught_in_float64_and_named():
     assert all(v.verdict == "ok" and v.relative_error < 1e-6 for v in others)
     [finding] = result.findings
     assert (finding.code, finding.where) == ("gradient_wrong", wrong.path)
+
+
+@ops.custom_gradient
+def _square_with_half_its_gradient(x):
+    def grad(*args, upstream=None):  # JAX/TensorFlow pass it by position
+        upstream = args[0] if upstream is None else upstream
+        return upstream * x  # the bug: d(x**2)/dx is 2x
+
+    return ops.square(x), grad
+
+
+class SquareWithHalfItsGradient(keras.layers.Layer):
+    def call(self, x):
+        return _square_with_half_its_gradient(x)
+
+
+def test_a_wrong_gradient_in_a_layer_without_weights_is_pointed_at():
+    model = model_with(SquareWithHalfItsGradient(name="square"))
+    result = check_gradients(model, *batch())
+    wrong = {f.where: f for f in result.findings if f.code == "gradient_wrong"}
+    first = model.layers[0].path
+    assert set(wrong) == {f"{first}/kernel", f"{first}/bias"}, str(result)
+    output = model.layers[-1].path
+    advice = wrong[f"{first}/kernel"].advice
+    assert f"between layer {first} and layer {output}" in advice
+    square = model.layers[1].path
+    assert f"backward pass of {square} (no weights of its own" in advice
+    # a model whose last layer is wrong has nothing after it to point past
+    assert not any(f.where.startswith(output) for f in result.findings)

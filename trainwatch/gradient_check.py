@@ -757,6 +757,7 @@ def _run(
     findings = []
     for check in checks:
         findings += _variable_findings(check, precision)
+    findings = _point_past_weightless_layers(findings, checks, user_model)
     whole = _no_gradient_scope(checks, probed)
     if whole is not None:  # (nearly) no variable gets a gradient: one finding
         evidence = _no_gradient_evidence(
@@ -805,6 +806,56 @@ def _note_cancelled_gradients(model, checks, batch, precision, rng):
             check = checks[position]
             check.notes = [note for note in check.notes if "not used" not in note]
             check.notes.append(_CANCELLED_NOTE)
+
+
+def _point_past_weightless_layers(findings, checks, model):
+    """Widens `gradient_wrong`'s advice where the fault may lie after the
+    variable's layer: its gradient is wrong, every checked variable of the
+    later layers is right, and layers without weights sit in between (a
+    custom activation or `custom_gradient` layer is checked through the
+    variables before it only).
+
+    Example:
+
+    >>> _point_past_weightless_layers([], [], None)
+    []
+    """
+    layers = list(getattr(model, "layers", None) or [])
+    paths = [getattr(layer, "path", None) or layer.name for layer in layers]
+    verdicts = {}
+    for check in checks:
+        verdicts.setdefault(check.layer, []).append(check.verdict)
+    suspects = {}
+    for index, path in enumerate(paths):
+        if "wrong" not in verdicts.get(path, ()):
+            continue
+        later = paths[index + 1 :]
+        weighted = [p for p in later if p in verdicts]
+        if not weighted or any(v != "ok" for p in weighted for v in verdicts[p]):
+            continue
+        between = later[: later.index(weighted[0])]
+        if between:
+            suspects[path] = (between, weighted[0])
+    if not suspects:
+        return findings
+    widened = []
+    for finding in findings:
+        layer = next((c.layer for c in checks if c.path == finding.where), None)
+        if finding.code == "gradient_wrong" and layer in suspects:
+            between, right = suspects[layer]
+            names = ", ".join(between)
+            finding = dataclasses.replace(
+                finding,
+                advice=(
+                    f"The fault lies between layer {layer} and layer {right}, "
+                    f"whose variables check out: in the backward pass of "
+                    f"{names} (no weights of its own, so checked only through "
+                    f"the variables before it), of {layer}, or in {right}'s "
+                    "gradient with respect to its input. " + finding.advice
+                ),
+            )
+        widened.append(finding)
+    return widened
 
 
 def _no_gradient_scope(checks, probed):
