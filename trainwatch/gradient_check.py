@@ -1195,7 +1195,13 @@ def _judge_variable(variable, record, pooled, loss, eps, thresholds, precision):
                 )
     if record["grads"].get("data") is not None:
         largest = float(np.max(np.abs(record["grads"]["data"]), initial=0.0))
-        if 0.0 < largest < _TINY_GRADIENT:
+        data_lines = [line for line in all_lines if line.part == "data"]
+        if 0.0 < largest < _TINY_GRADIENT and _flat_within_roundoff(data_lines):
+            notes.append(
+                "the data loss does not change with it beyond round-off, and "
+                f"backprop agrees (max |g| = {largest:.1e}): {_LOSS_INDEPENDENT}"
+            )
+        elif 0.0 < largest < _TINY_GRADIENT:
             notes.append(
                 f"its gradients are tiny (max |g| = {largest:.1e} < 1e-10): "
                 "round-off may hide errors; the check's own estimate says how much."
@@ -1217,6 +1223,23 @@ def _judge_variable(variable, record, pooled, loss, eps, thresholds, precision):
         lines=all_lines,
         gradient_missing=missing,
         notes=notes,
+    )
+
+
+_LOSS_INDEPENDENT = (
+    "the loss does not depend on it, as with a bias that a softmax or a "
+    "normalization cancels (attention's key bias adds the same amount to "
+    "every logit of a query). There is nothing to check."
+)
+
+
+def _flat_within_roundoff(lines) -> bool:
+    """Every probe's numerical slope is within its own error estimate of 0."""
+    return bool(lines) and all(
+        line.verdict == "inconclusive"
+        and abs(line.numeric)
+        <= line.estimated_error * max(abs(line.analytic), abs(line.numeric))
+        for line in lines
     )
 
 
@@ -1345,7 +1368,13 @@ def _variable_findings(check: VariableCheck, precision) -> list:
             "(`max_examples`, `seed`); fewer examples cross fewer kinks."
         )
         low_precision = any("lower precision than float64" in n for n in check.notes)
-        if _ROUNDOFF_REASON in reasons or low_precision:
+        if any(_LOSS_INDEPENDENT in note for note in check.notes):
+            advice = (
+                "Nothing to do where the layer is meant to be cancelled "
+                "(attention's key bias); otherwise look at what makes the "
+                "loss independent of this variable."
+            )
+        elif _ROUNDOFF_REASON in reasons or low_precision:
             advice = (
                 "Look for a layer between this variable and the loss that casts "
                 "to float32 or uses an op computing in float32 on this backend: "
