@@ -1,5 +1,6 @@
 """Sanity checks before training: initial loss, regularization, tiny overfit."""
 
+import math
 import random
 
 import keras
@@ -647,3 +648,35 @@ def test_labels_that_all_name_one_class_are_reported(loss):
     if loss == "categorical_crossentropy":
         labels = np.eye(2)[labels]
     assert sanity_check(two, x, labels, checks=["initial_loss"], verbose=0).passed
+
+
+class DoubledGradientDense(keras.layers.Layer):
+    """Trains under `fit` on every backend; its kernel's gradient is doubled."""
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], 3))
+
+    def call(self, x):
+        @keras.ops.custom_gradient
+        def doubled(kernel):
+            def grad(*args, upstream=None):
+                return 2.0 * (args[0] if upstream is None else upstream)
+
+            return kernel * 1.0, grad
+
+        return keras.ops.matmul(x, doubled(keras.ops.convert_to_tensor(self.kernel)))
+
+
+def test_a_custom_gradient_layer_does_not_stop_the_checks():
+    # On TensorFlow the variables reached `call` as `tf.Variable`s and
+    # `tf.custom_gradient` raised a TypeError out of `sanity_check`.
+    model = keras.Sequential(
+        [keras.Input((5,)), DoubledGradientDense(), keras.layers.Softmax()]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 5)).astype("float32"), rng.integers(0, 3, size=20)
+    report = sanity_check(model, x, y, overfit_steps=2, verbose=0)
+    assert report["initial_loss"].status == "passed", str(report)
+    assert math.isfinite(report["initial_loss"].values["loss"])
+    assert report["overfit"].values["steps"] == 2, str(report)  # it trained

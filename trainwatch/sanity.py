@@ -294,9 +294,10 @@ def _say(verbose, text):
 def _forward(model, x):
     """The model's prediction in inference mode, without touching its state."""
     kwargs = {"training": False} if model._call_has_training_arg else {}
+    values = get_backend().variable_values  # tensors, not `tf.Variable`s
     y_pred, _ = model.stateless_call(
-        [v.value for v in model.trainable_variables],
-        [v.value for v in model.non_trainable_variables],
+        values(model.trainable_variables),
+        values(model.non_trainable_variables),
         x,
         **kwargs,
     )
@@ -667,7 +668,7 @@ def _private_step(optimizer, model, xs, ys):
     # would divide the gradients by its scale. Its inner optimizer applies them.
     optimizer = model_copy.base_optimizer(optimizer)
     loss_fn = mf.batch_loss_function(model, xs, ys, part="data", training=False)
-    non_trainable = [v.value for v in model.non_trainable_variables]
+    non_trainable = get_backend().variable_values(model.non_trainable_variables)
     step = get_backend().private_train_step(
         loss_fn, optimizer, model.trainable_variables
     )
