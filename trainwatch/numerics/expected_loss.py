@@ -433,6 +433,10 @@ def label_problems(kind, y_true, num_classes=None) -> list[str]:
     return problems
 
 
+# Logits at least this often exactly 0, and never negative, come from a ReLU.
+_CUT_LOGITS_SHARE = 0.2
+
+
 def output_problems(kind, y_pred, from_logits) -> list[str]:
     """Outputs that contradict the loss's `from_logits` setting (empty if none).
 
@@ -446,6 +450,9 @@ def output_problems(kind, y_pred, from_logits) -> list[str]:
     >>> label = output_problems("categorical_crossentropy", p, from_logits=True)
     >>> label[0][:44]
     'The outputs look like probabilities (each ro'
+    >>> z = np.maximum(np.linspace(-1.0, 1.0, 40).reshape(8, 5), 0.0)  # a ReLU
+    >>> output_problems("sparse_categorical_crossentropy", z, True)[0][:45]
+    'The logits are never negative and 50% of them'
     """
     _check_kind(kind)
     if kind == MEAN_SQUARED_ERROR:
@@ -475,6 +482,17 @@ def output_problems(kind, y_pred, from_logits) -> list[str]:
                 "from_logits=True, so it applies a second sigmoid: drop the output "
                 "activation or set from_logits=False."
             )
+        if not problems and y.size >= 16 and np.all(y >= 0.0):
+            zeros = float(np.mean(y == 0.0))
+            if zeros >= _CUT_LOGITS_SHARE:
+                problems.append(
+                    f"The logits are never negative and {zeros:.0%} of them are "
+                    "exactly 0: the output layer ends in a ReLU (or another "
+                    "activation cut at zero), so no class can be scored below "
+                    "the zero of the others and a logit stuck at 0 gets no "
+                    "gradient. Give the last layer no activation "
+                    "(`activation=None`) for from_logits=True."
+                )
     elif not in_unit:
         problems.append(
             f"The outputs range over [{y.min():.3g}, {y.max():.3g}], outside [0, 1], "
