@@ -360,6 +360,36 @@ def test_weights_the_optimizer_never_moves_are_named(detached):
     assert "apply_gradients" in finding.advice
 
 
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_batch_norm_fed_one_example_a_batch_is_named(batch_size):
+    x, y = digits(48)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(16),
+            keras.layers.BatchNormalization(),
+            keras.layers.Activation("relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    ratios = UpdateRatio(update_freq=4, time_share=None, verbose=0)
+    model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, callbacks=[ratios])
+    found = [f for f in ratios.context.findings if f.code == "weights_not_updated"]
+    if batch_size > 1:
+        assert found == [], [str(f) for f in found]
+        return
+    [finding] = found
+    norm = model.layers[1].path
+    assert f"the scale (gamma) of {norm}, whose offset (beta) moves" in (
+        finding.message
+    )
+    assert "batch holds one example" in finding.message
+    assert "batches of 8 or more" in finding.advice
+    assert "apply_gradients" not in finding.advice
+
+
 def test_not_updated_needs_others_moving_at_the_same_samples():
     still = [0.0] * 5
     moving = [1e-3, 0.0, 1e-3, 1e-3, 1e-3]  # one sample where nothing moved

@@ -837,6 +837,9 @@ def weights_not_updated(
     'e/kernel'
     >>> weights_not_updated({"d/kernel": [0.0] * 4}) is None  # nothing moved
     True
+    >>> batch_of_one = {"bn/gamma": [0.0] * 4, "bn/beta": [1e-2] * 4}
+    >>> "batch holds one example" in weights_not_updated(batch_of_one).message
+    True
     """
     length = min((len(series) for series in history.values()), default=0)
     if length < min_samples:
@@ -849,6 +852,35 @@ def weights_not_updated(
     if not still or not moved_at_each:
         return None
     shown = ", ".join(still[:5]) + (", ..." if len(still) > 5 else "")
+    still_scales = [
+        path
+        for path in still
+        if path.endswith("/gamma")
+        and _moves_or_never_left_zero(
+            recent.get(path[: -len("gamma")] + "beta", (0.0,))
+        )
+    ]
+    if still_scales:
+        names = ", ".join(p[: -len("/gamma")] for p in still_scales[:3])
+        return Finding(
+            "weights_not_updated",
+            "warning",
+            f"{len(still)} trainable variable(s) did not change at all in the last "
+            f"{min_samples} sampled steps while the others did: {shown}. Among "
+            f"them the scale (gamma) of {names}, whose offset (beta) moves or has "
+            "stayed at its initial zeros: its normalized input looks exactly 0, "
+            "which a BatchNormalization gives when each batch holds one example "
+            "(or identical ones). It then outputs beta whatever the input, and "
+            "nothing before it gets a gradient.",
+            "If `batch_size` is 1, train with batches of 8 or more examples, or "
+            "use a normalization that does not average over the batch "
+            "(`keras.layers.LayerNormalization`, `GroupNormalization`). "
+            "Otherwise no gradient reaches the layer from after it: look for "
+            "dead units there (dead_units, the activation histograms).",
+            step=step,
+            epoch=epoch,
+            where=still[0] if len(still) == 1 else None,
+        )
     return Finding(
         "weights_not_updated",
         "warning",
@@ -863,6 +895,22 @@ def weights_not_updated(
         step=step,
         epoch=epoch,
         where=still[0] if len(still) == 1 else None,
+    )
+
+
+def _moves_or_never_left_zero(ratios) -> bool:
+    """Whether sampled update ratios show a variable moving (> 0), or one
+    whose weights are all zero at every sample (`nan`: never moved from
+    zeros).
+
+    Example:
+
+    >>> _moves_or_never_left_zero([0.0, 1e-3]), _moves_or_never_left_zero([0.0, 0.0])
+    (True, False)
+    """
+    ratios = list(ratios)
+    return any(r > 0.0 for r in ratios) or (
+        bool(ratios) and all(math.isnan(r) for r in ratios)
     )
 
 
