@@ -140,6 +140,8 @@ def test_loss_plateau_on_a_flat_line():
     finding = dynamics.loss_plateau([2.90, 2.899, 2.897, 2.896], 2.71, steps_seen=88)
     assert finding is not None and finding.code == "loss_plateau"
     assert "2.9" in finding.message and "raise" in finding.advice
+    # at a healthy rate, a loss this slow is labels apart from their inputs
+    assert "near 1e-3 already" in finding.advice and "label" in finding.advice
 
 
 def test_loss_plateau_quiet_when_learning_converged_or_diverged():

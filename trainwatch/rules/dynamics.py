@@ -354,7 +354,10 @@ def loss_plateau(
             f"steps), from {first:.4g} to {last:.4g} (first batch: {initial:.4g}): "
             "a straight, slow line.",
             "The learning rate is most likely too low: raise it 10x (see the "
-            "update_ratio charts: ~1e-3 is healthy). Also check the "
+            "update_ratio charts: ~1e-3 is healthy). Where the update ratios "
+            "are near 1e-3 already, the rate is not the cause: check that each "
+            "label belongs to its input (labels shuffled apart from the inputs "
+            "leave only memorizing, which is this slow). Also check the "
             "initialization and that the inputs are standardized.",
             step=step,
             epoch=epoch,
