@@ -1,6 +1,9 @@
 """Sanity checks before training: initial loss, regularization, tiny overfit."""
 
 import math
+
+
+import itertools
 import random
 
 import keras
@@ -8,6 +11,7 @@ import numpy as np
 import pytest
 from keras.src.random.seed_generator import global_seed_generator
 
+from trainwatch import sanity
 from trainwatch.backends import model_copy
 from trainwatch.callbacks.sanity_check import TEXT_TAG, SanityCheck
 from trainwatch.sanity import SanityReport, describe_loss, sanity_check
@@ -439,7 +443,6 @@ def test_overfit_copy_is_prepared_before_its_first_step(monkeypatch):
     step (TensorFlow traces a step that creates variables twice), and where
     the backend compiles a quick training step (JAX) it trains exactly as
     Keras's own step does."""
-    from trainwatch import sanity
     from trainwatch.backends import get_backend
 
     x, y = _data()
@@ -562,6 +565,33 @@ def test_overfit_check_trains_at_a_warm_up_schedules_peak_rate():
     assert overfit.values["attempts"][0]["learning_rate"] == pytest.approx(1e-2)
     assert "(the schedule's peak rate, at step 30)" in overfit.summary
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0
+
+
+@pytest.mark.parametrize(
+    "seconds, status, codes",
+    [(30, "skipped", []), (5, "failed", ["cannot_overfit_small_subset"])],
+    ids=["still_learning", "barely_started"],
+)
+def test_overfit_check_cut_short_by_its_time_budget(
+    monkeypatch, seconds, status, codes
+):
+    """A clock that ticks one second a read: the budget ends the attempt
+    after ~`seconds` steps. At 30 the loss is down to ~5% of its start (0.02
+    wanted): a slow model still learning, no verdict (an LSTM in float16 on a
+    busy CPU, torch, 0.69 -> 0.033 in 158 steps, was warned). At 5 it has
+    hardly moved: still reported."""
+    ticks = itertools.count()
+    monkeypatch.setattr(sanity.time, "perf_counter", lambda: float(next(ticks)))
+    x, y = _data()
+    model = _classifier(regularize=False)
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    report = sanity_check(
+        model, x, y, checks=("overfit",), max_seconds=seconds, verbose=0
+    )
+    overfit = report["overfit"]
+    assert overfit.status == status, overfit.summary
+    assert "stopped by the time budget" in overfit.summary
+    assert _codes(report) == codes
 
 
 def test_loss_scale_optimizer_trains_private_weights_unscaled():
