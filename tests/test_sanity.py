@@ -1,9 +1,7 @@
 """Sanity checks before training: initial loss, regularization, tiny overfit."""
 
-import math
-
-
 import itertools
+import math
 import random
 
 import keras
