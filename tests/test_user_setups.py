@@ -190,10 +190,12 @@ def test_two_outputs_with_a_list_of_losses_are_checked_in_float64(container):
 # -- regression: the initial mean squared error ----------------------------------
 
 
-def fixed_regressor(kernel):
-    """A linear regressor whose untrained outputs are `x @ kernel` (no bias)."""
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
-    model.compile("adam", "mse")
+def fixed_regressor(kernel, activation=None, loss="mse"):
+    """A one-unit model on 4 features whose untrained pre-activations are
+    `x @ kernel` (no bias): a linear regressor, or with `activation="sigmoid"`
+    and `loss="binary_crossentropy"` a logistic one."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation)])
+    model.compile("adam", loss)
     kernel = np.asarray(kernel, dtype="float32").reshape(4, 1)
     model.layers[0].set_weights([kernel, np.zeros(1, dtype="float32")])
     return model
@@ -299,15 +301,6 @@ def test_each_outputs_loss_is_reported_as_without_trainwatch(tmp_path, watch_wit
     assert len(model._compile_loss.metrics) == 2
 
 
-def fixed_sigmoid_classifier(kernel):
-    """A logistic regressor whose untrained logits are `x @ kernel`."""
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, "sigmoid")])
-    model.compile("adam", "binary_crossentropy")
-    kernel = np.asarray(kernel, dtype="float32").reshape(4, 1)
-    model.layers[0].set_weights([kernel, np.zeros(1, dtype="float32")])
-    return model
-
-
 @pytest.mark.parametrize(
     "kernel, status",
     [
@@ -338,7 +331,11 @@ def test_initial_binary_loss_allows_for_logits_correlated_with_the_labels(
     x = rng.normal(size=(256, 4)).astype("float32")
     y = (x[:, :1] > 0).astype("float32")
     report = trainwatch.sanity_check(
-        fixed_sigmoid_classifier(kernel), x, y, checks=["initial_loss"], verbose=0
+        fixed_regressor(kernel, "sigmoid", "binary_crossentropy"),
+        x,
+        y,
+        checks=["initial_loss"],
+        verbose=0,
     )
     assert report["initial_loss"].status == status, report["initial_loss"].summary
     codes = [f.code for f in report.findings]
