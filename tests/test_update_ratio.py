@@ -315,6 +315,27 @@ def test_a_learning_rate_verdict_is_reported_once_as_the_flagged_set_grows():
     assert codes == ["update_ratio_high"], codes
 
 
+@pytest.mark.parametrize("momentum", [0.999, 0.9])
+def test_sgd_momentum_far_too_high_is_named(momentum):
+    # Steps far too large under SGD: with momentum 0.999 (steps ~1000x the
+    # rate's once the velocity builds up) the advice names the momentum; at
+    # the usual 0.9 it speaks of the rate alone.
+    x, y = digits(640)
+    model = build()
+    wrapped = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(0.3, momentum=momentum)
+    )
+    model.compile(wrapped, "sparse_categorical_crossentropy")
+    ratios = UpdateRatio(update_freq=10, verbose=0)
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[ratios])
+    high = [f for f in ratios.context.findings if f.code == "update_ratio_high"]
+    assert high, [str(f) for f in ratios.context.findings]
+    assert "lower the learning rate about" in high[0].advice
+    named = "SGD with momentum 0.999 steps about 1000x" in high[0].advice
+    assert named == (momentum == 0.999), high[0].advice
+    assert ("lower the momentum to 0.9" in high[0].advice) == named
+
+
 def test_learning_rate_is_read_through_a_loss_scale_optimizer():
     """Mixed precision wraps the optimizer: the advice's rate is the inner one's
     (the wrapper's own `_learning_rate` reads 0)."""

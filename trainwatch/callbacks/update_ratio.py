@@ -252,6 +252,7 @@ class UpdateRatio(Monitor):
         self._steps = None
         self._learning_rate = None
         self._adaptive = False  # Adam-like: steps of about the learning rate
+        self._momentum = None  # SGD's, named when the steps are far too large
         self._sizes = {}  # variable path -> number of weights
         self._weight_rms = {}  # variable path -> RMS of its latest sampled weights
         self._layout_written = False
@@ -280,6 +281,7 @@ class UpdateRatio(Monitor):
         self._snapshot = None
         self._learning_rate = _current_learning_rate(model)
         self._adaptive = _is_adaptive(getattr(model, "optimizer", None))
+        self._momentum = _sgd_momentum(getattr(model, "optimizer", None))
         self._sizes = {
             p: int(np.prod(v.shape)) for v, p in zip(self._variables, self._paths)
         }
@@ -434,6 +436,7 @@ class UpdateRatio(Monitor):
             high=self.warn_above,
             learning_rate=self._learning_rate,
             adaptive_ratios=self._adaptive_ratios(),
+            momentum=self._momentum,
         )
         still = dynamics.weights_not_updated(self.history, step=step, epoch=epoch)
         if still is not None:
@@ -526,6 +529,24 @@ def _is_adaptive(optimizer) -> bool:
     False
     """
     return type(base_optimizer(optimizer)).__name__ in _ADAPTIVE_OPTIMIZERS
+
+
+def _sgd_momentum(optimizer):
+    """The momentum of an SGD optimizer (unwrapped from loss scaling) as a
+    float, or `None` for other optimizers and unreadable values.
+
+    Example:
+
+    >>> _sgd_momentum(None) is None
+    True
+    """
+    optimizer = base_optimizer(optimizer)
+    if type(optimizer).__name__ != "SGD":
+        return None
+    try:
+        return float(getattr(optimizer, "momentum", None))
+    except (TypeError, ValueError):
+        return None
 
 
 def _current_learning_rate(model):

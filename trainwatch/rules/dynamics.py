@@ -92,6 +92,10 @@ VANISHED_STEPS_ADVICE = (
     "inputs_not_normalized and the activation histograms), or a model that "
     "has converged."
 )
+# SGD with momentum `m` moves, once its velocity has built up, by about
+# `lr / (1 - m)` per unit gradient: from this momentum on (20x the rate and
+# more) a step far too large is named as the momentum's as well.
+HIGH_MOMENTUM = 0.95
 UNDERFITTING_ADVICE = (
     "Give the model more capacity (wider or deeper layers) or train longer; "
     "check that the learning rate is not too low (update ratios near 1e-3), "
@@ -927,6 +931,27 @@ def _falling(losses, epochs, min_drop) -> bool | None:
     return fall > min_drop * abs(float(losses[kept[-1]]))
 
 
+def _momentum_advice(momentum) -> str:
+    """What to say of SGD's momentum when the steps are too large ("" below
+    `HIGH_MOMENTUM`).
+
+    Example:
+
+    >>> _momentum_advice(0.999)[:60]
+    ' SGD with momentum 0.999 steps about 1000x as far as its lea'
+    >>> _momentum_advice(0.9), _momentum_advice(None)
+    ('', '')
+    """
+    if momentum is None or not HIGH_MOMENTUM <= momentum < 1.0:
+        return ""
+    gain = 1.0 / (1.0 - momentum)
+    return (
+        f" SGD with momentum {momentum:g} steps about {gain:.0f}x as far as its "
+        "learning rate alone once its velocity builds up: lower the momentum "
+        "to 0.9 (10x) first, then judge the rate again."
+    )
+
+
 def update_ratio_findings(
     history: Mapping[str, Sequence[float]],
     step=None,
@@ -938,6 +963,7 @@ def update_ratio_findings(
     learning_rate=None,
     healthy=HEALTHY_RATIO,
     adaptive_ratios=None,
+    momentum=None,
 ) -> list[Finding]:
     """Flags update/parameter ratios sustained far outside the healthy ~1e-3.
 
@@ -967,6 +993,9 @@ def update_ratio_findings(
             `None` for other optimizers. Low ratios that fall short of it
             `ADAPTIVE_SHORTFALL`-fold or more are said to be gradients that
             vanish, not a learning rate too low. Defaults to `None`.
+        momentum: SGD's momentum, or `None` for other optimizers. From
+            `HIGH_MOMENTUM` on, ratios too high name it: its steps are about
+            `1 / (1 - momentum)` times the learning rate's. Defaults to `None`.
 
     Returns:
         Up to two findings (`update_ratio_high`, `update_ratio_low`).
@@ -1032,6 +1061,8 @@ def update_ratio_findings(
             f"{cause}{change}. The ratio scales about linearly with the "
             "learning rate for SGD and Adam alike."
         )
+        if code == "update_ratio_high":
+            advice += _momentum_advice(momentum)
         where = worst[0][0] if len(flagged) == 1 else None
         findings.append(
             Finding(
