@@ -63,7 +63,7 @@ def _timed(callback, totals):
 
 def measure(repeats, epochs):
     import keras
-    from bench_training_dynamics import digits_mlp
+    from bench_training_dynamics import digits_mlp, fit_digits
 
     from trainwatch.callbacks.loss_curve import LossCurve
     from trainwatch.callbacks.update_ratio import UpdateRatio
@@ -84,14 +84,7 @@ def measure(repeats, epochs):
                 _timed(DoNothing(), totals),
             ]
         start = time.perf_counter()
-        model.fit(
-            *train,
-            validation_data=val,
-            batch_size=32,
-            epochs=epochs,
-            verbose=0,
-            callbacks=callbacks,
-        )
+        fit_digits(model, train, val, epochs, callbacks)
         return time.perf_counter() - start
 
     fit(False), fit(True)  # warm-up: compilation, first writes

@@ -69,6 +69,19 @@ def digits_mlp():
     return model, train, val
 
 
+def fit_digits(model, train, val, epochs, callbacks):
+    """One benchmark fit of `digits_mlp()`'s model and data (batch 32,
+    validation each epoch, silent). `bench_hook_time.py` uses it too."""
+    model.fit(
+        *train,
+        validation_data=val,
+        batch_size=32,
+        epochs=epochs,
+        verbose=0,
+        callbacks=callbacks,
+    )
+
+
 def median_interval(values, confidence=0.95):
     """A distribution-free confidence interval for the median of `values`.
 
@@ -116,14 +129,7 @@ def measure(repeats, epochs, control=False):
             log_dir = tempfile.mkdtemp(prefix="bench_dynamics_")
             callbacks = [LossCurve(log_dir, verbose=0), UpdateRatio(log_dir, verbose=0)]
         start, cpu_start = time.perf_counter(), time.process_time()
-        model.fit(
-            *train,
-            validation_data=val,
-            batch_size=32,
-            epochs=epochs,
-            verbose=0,
-            callbacks=callbacks,
-        )
+        fit_digits(model, train, val, epochs, callbacks)
         return time.perf_counter() - start, time.process_time() - cpu_start
 
     fit(False), fit(True)  # warm-up: compilation, first writes

@@ -1195,17 +1195,19 @@ def _judge_variable(variable, record, pooled, loss, eps, thresholds, precision):
                 )
     if record["grads"].get("data") is not None:
         largest = float(np.max(np.abs(record["grads"]["data"]), initial=0.0))
-        data_lines = [line for line in all_lines if line.part == "data"]
-        if 0.0 < largest < _TINY_GRADIENT and _flat_within_roundoff(data_lines):
-            notes.append(
-                "the data loss does not change with it beyond round-off, and "
-                f"backprop agrees (max |g| = {largest:.1e}): {_LOSS_INDEPENDENT}"
-            )
-        elif 0.0 < largest < _TINY_GRADIENT:
-            notes.append(
-                f"its gradients are tiny (max |g| = {largest:.1e} < 1e-10): "
-                "round-off may hide errors; the check's own estimate says how much."
-            )
+        if 0.0 < largest < _TINY_GRADIENT:
+            data_lines = [line for line in all_lines if line.part == "data"]
+            if _flat_within_roundoff(data_lines):
+                notes.append(
+                    "the data loss does not change with it beyond round-off, and "
+                    f"backprop agrees (max |g| = {largest:.1e}): {_LOSS_INDEPENDENT}"
+                )
+            else:
+                notes.append(
+                    f"its gradients are tiny (max |g| = {largest:.1e} < 1e-10): "
+                    "round-off may hide errors; the check's own estimate says "
+                    "how much."
+                )
     conclusive = [line for line in all_lines if line.verdict != "inconclusive"]
     worst = max(conclusive, key=lambda line: line.relative_error, default=None)
     return VariableCheck(

@@ -254,8 +254,8 @@ def _formula(expectation) -> str:
         return f"ln({expectation.num_classes}) = {expectation.expected:.4g}"
     if expectation.kind == el.BINARY:
         return f"ln(2) = {expectation.expected:.4g}"
-    center = getattr(expectation, "output_center", 0.0)
-    if center:
+    if expectation.output_center:
+        center = expectation.output_center
         return f"mean((y - {center:.3g})**2) = {expectation.expected:.4g}"
     return f"mean(y**2) = {expectation.expected:.4g}"
 

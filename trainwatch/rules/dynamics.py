@@ -867,38 +867,39 @@ def weights_not_updated(
             recent.get(path[: -len("gamma")] + "beta", (0.0,))
         )
     ]
-    if still_scales:
-        names = ", ".join(p[: -len("/gamma")] for p in still_scales[:3])
-        return Finding(
-            "weights_not_updated",
-            "warning",
-            f"{len(still)} trainable variable(s) did not change at all in the last "
-            f"{min_samples} sampled steps while the others did: {shown}. Among "
-            f"them the scale (gamma) of {names}, whose offset (beta) moves or has "
-            "stayed at its initial zeros: its normalized input looks exactly 0, "
-            "which a BatchNormalization gives when each batch holds one example "
-            "(or identical ones). It then outputs beta whatever the input, and "
-            "nothing before it gets a gradient.",
-            "If `batch_size` is 1, train with batches of 8 or more examples, or "
-            "use a normalization that does not average over the batch "
-            "(`keras.layers.LayerNormalization`, `GroupNormalization`). "
-            "Otherwise no gradient reaches the layer from after it: look for "
-            "dead units there (dead_units, the activation histograms).",
-            step=step,
-            epoch=epoch,
-            where=still[0] if len(still) == 1 else None,
-        )
-    return Finding(
-        "weights_not_updated",
-        "warning",
+    message = (
         f"{len(still)} trainable variable(s) did not change at all in the last "
-        f"{min_samples} sampled steps while the others did: {shown}.",
+        f"{min_samples} sampled steps while the others did: {shown}."
+    )
+    advice = (
         "They are trainable but not trained. Check that a custom `train_step` "
         "passes them to `apply_gradients` (all of `trainable_variables`), that "
         "their gradient is not None or exactly zero (the gradient check says; "
         "dead units upstream give zeros), and that nothing sets their weights "
         "back after each step. To freeze them on purpose, set "
-        "`layer.trainable = False` before compiling.",
+        "`layer.trainable = False` before compiling."
+    )
+    if still_scales:
+        names = ", ".join(p[: -len("/gamma")] for p in still_scales[:3])
+        message += (
+            f" Among them the scale (gamma) of {names}, whose offset (beta) moves "
+            "or has stayed at its initial zeros: its normalized input looks "
+            "exactly 0, which a BatchNormalization gives when each batch holds "
+            "one example (or identical ones). It then outputs beta whatever the "
+            "input, and nothing before it gets a gradient."
+        )
+        advice = (
+            "If `batch_size` is 1, train with batches of 8 or more examples, or "
+            "use a normalization that does not average over the batch "
+            "(`keras.layers.LayerNormalization`, `GroupNormalization`). "
+            "Otherwise no gradient reaches the layer from after it: look for "
+            "dead units there (dead_units, the activation histograms)."
+        )
+    return Finding(
+        "weights_not_updated",
+        "warning",
+        message,
+        advice,
         step=step,
         epoch=epoch,
         where=still[0] if len(still) == 1 else None,

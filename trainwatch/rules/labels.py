@@ -21,11 +21,9 @@ from __future__ import annotations
 import numpy as np
 
 from trainwatch.findings import Finding
+from trainwatch.numerics import expected_loss as el
 
 __all__ = ["single_class_labels"]
-
-_SPARSE = "sparse_categorical_crossentropy"
-_CATEGORICAL = "categorical_crossentropy"
 
 ADVICE = (
     "Check how the labels were made: a one-hot of a constant or of the wrong "
@@ -40,7 +38,7 @@ def _classes(y_true, kind, num_classes):
     """One class index per example, or `None` where the labels are not one
     label per example in the loss's encoding."""
     y = np.asarray(y_true)
-    if kind == _SPARSE:
+    if kind == el.SPARSE_CATEGORICAL:
         if y.ndim == 2 and y.shape[-1] == 1:
             y = y[:, 0]
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.number):
@@ -80,7 +78,7 @@ def single_class_labels(
     >>> print(single_class_labels(y, "categorical_crossentropy", 5).message[:44])
     All 40 labels checked are class 2 (of the mo
     """
-    if kind not in (_SPARSE, _CATEGORICAL) or not num_classes:
+    if kind not in (el.SPARSE_CATEGORICAL, el.CATEGORICAL) or not num_classes:
         return None
     if num_classes < min_classes:
         return None
