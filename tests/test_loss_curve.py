@@ -247,14 +247,28 @@ def test_bad_arguments_fail_early():
     assert LossCurve(update_freq="epoch").update_freq == "epoch"
 
 
-def test_batch_hook_keeps_keras_async_dispatch():
-    assert LossCurve.async_safe is True
+def _keras_dispatches_async(callbacks, model):
+    return keras.callbacks.CallbackList(callbacks, model=model)._async_train
+
+
+def test_batch_hook_runs_in_step_on_cpu_and_async_on_accelerators(monkeypatch):
+    """On a CPU, Keras's thread hand-off per step costs more than it saves, so
+    the batch hook runs in step; with an accelerator, it keeps Keras's
+    asynchronous dispatch exactly as a fit without it would have it."""
+    import trainwatch.callbacks.loss_curve as loss_curve_module
+    from trainwatch import TrainWatch
+
     model = mlp()
-    callbacks = keras.callbacks.CallbackList([LossCurve(), UpdateRatio()], model=model)
-    plain = keras.callbacks.CallbackList([], model=model)
-    assert getattr(callbacks, "_async_train", None) == getattr(
-        plain, "_async_train", None
-    )
+    plain = _keras_dispatches_async([], model)  # False on TensorFlow, else True
+    assert LossCurve().async_safe is False  # the tests run on a CPU
+    assert not _keras_dispatches_async([LossCurve(), UpdateRatio()], model)
+    assert TrainWatch(None, verbose=0).async_safe is False
+    monkeypatch.setattr(loss_curve_module, "computes_on_cpu", lambda: False)
+    assert LossCurve().async_safe is True
+    assert _keras_dispatches_async([LossCurve(), UpdateRatio()], model) == plain
+    watch = TrainWatch(None, verbose=0)
+    assert watch.async_safe is True
+    assert _keras_dispatches_async([watch], model) == plain
 
 
 SCENARIOS = {

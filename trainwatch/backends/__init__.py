@@ -1,7 +1,8 @@
 """Backend adapters: the only place that imports TensorFlow, JAX or PyTorch.
 
 Each framework has one small module with the same names (`NAME`,
-`value_and_grad`, `to_numpy`, `variable_values`, `x64_scope`, `jit`).
+`value_and_grad`, `to_numpy`, `variable_values`, `x64_scope`, `jit`,
+`computes_on_cpu`).
 `get_backend()` imports the one for the active Keras backend, so no other
 framework is ever imported. Code that works at the level of Keras models
 (losses, gradients, the float64 shadow, layer captures) lives in
@@ -29,7 +30,8 @@ def get_backend() -> ModuleType:
 
     Returns:
         A module with `NAME`, `value_and_grad(fn, args)`, `to_numpy(x)`,
-        `variable_values(variables)`, `x64_scope()` and `jit(fn)`.
+        `variable_values(variables)`, `x64_scope()`, `jit(fn)` and
+        `computes_on_cpu()`.
 
     Raises:
         NotImplementedError: the active backend is not one trainwatch supports
@@ -51,3 +53,22 @@ def get_backend() -> ModuleType:
     if name not in _loaded:
         _loaded[name] = importlib.import_module(f"trainwatch.backends.{name}_backend")
     return _loaded[name]
+
+
+def computes_on_cpu() -> bool:
+    """Whether the active Keras backend computes on the host CPU.
+
+    `True` as well for a backend trainwatch does not support, and when the
+    framework cannot say: the answer only picks the cheaper way of running
+    callbacks, and both are correct.
+
+    Example:
+
+    >>> from trainwatch.backends import computes_on_cpu
+    >>> computes_on_cpu() in (True, False)
+    True
+    """
+    try:
+        return bool(get_backend().computes_on_cpu())
+    except Exception:  # never let a device query break a fit
+        return True

@@ -34,6 +34,11 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
+def computes_on_cpu() -> bool:
+    """Whether JAX's default device is the host CPU (no GPU or TPU)."""
+    return jax.default_backend() == "cpu"
+
+
 def variable_values(variables) -> list:
     """The current values of Keras variables (JAX arrays)."""
     return [v.value for v in variables]

@@ -42,6 +42,11 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def computes_on_cpu() -> bool:
+    """Whether TensorFlow sees no GPU or TPU to place work on."""
+    return not any(tf.config.list_logical_devices(kind) for kind in ("GPU", "TPU"))
+
+
 def variable_values(variables) -> list:
     """The current values of Keras variables, as tensors (not `tf.Variable`s).
 

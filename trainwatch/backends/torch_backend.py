@@ -57,6 +57,21 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def computes_on_cpu() -> bool:
+    """Whether Keras places PyTorch tensors on the host CPU (no CUDA or MPS).
+
+    Keras's own choice, `keras.device(...)` scopes included; where its
+    internals differ, whether CUDA or MPS is available.
+    """
+    try:
+        from keras.src.backend.torch.core import get_device
+
+        return str(get_device()).startswith("cpu")
+    except (ImportError, AttributeError):
+        mps = getattr(torch.backends, "mps", None)
+        return not (torch.cuda.is_available() or (mps and mps.is_available()))
+
+
 def variable_values(variables) -> list:
     """The current values of Keras variables (their tensors)."""
     return [v.value for v in variables]

@@ -150,17 +150,20 @@ class TrainWatch(Monitor):
         self._batch_begin_parts = [
             p for p in self.parts if _is_overridden(p, "on_train_batch_begin")
         ]
-        # Keras turns off async dispatch for callbacks with a batch-end hook
-        # unless they are async-safe: be exactly as safe as our parts.
-        self.async_safe = all(
-            getattr(p, "async_safe", False) for p in self._batch_end_parts
-        )
         if not self._batch_end_parts:
             # No part needs it: keep Keras's default (no-op) hook so that async
             # dispatch stays on; the step is then kept at epoch ends.
             self.on_train_batch_end = (
                 keras.callbacks.Callback.on_train_batch_end.__get__(self)
             )
+
+    @property
+    def async_safe(self):
+        """Whether Keras may run the batch-end hook in its worker threads:
+        exactly when every part with a batch-end hook says so (read by Keras
+        once per `fit`, as the parts decide by the device)."""
+        parts = getattr(self, "_batch_end_parts", ())
+        return all(getattr(p, "async_safe", False) for p in parts)
 
     def part(self, name_or_class):
         """Returns the part of that class (or class name), or `None`."""
