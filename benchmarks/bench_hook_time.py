@@ -10,7 +10,8 @@ on a small shared machine two plain fits differ by up to 5%, more than the
 effects worth chasing. This measures the callbacks' own CPU time instead:
 every Keras hook of each callback is wrapped and timed with the thread's CPU
 clock (`time.thread_time_ns`, the thread that runs it: the main thread, or
-Keras's callback threads for the batch-end hooks on JAX and PyTorch). A
+Keras's callback threads where batch-end hooks are dispatched asynchronously,
+on JAX and PyTorch with a GPU or TPU). A
 wrapped do-nothing callback in the same fits measures what the wrapper itself
 costs per call of each hook, which is taken off (the first callback in the
 list runs with colder caches, so a do-nothing hook of it still shows ~1 µs).
