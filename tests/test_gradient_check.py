@@ -269,6 +269,22 @@ def test_one_wrong_variable_is_found_and_only_it(layer_kwargs, code):
         assert bad.estimated_error < 1e-5
 
 
+def test_vector_form_error_measures_the_whole_variable():
+    # A kernel gradient 1.001 times the true one: ‖a − n‖ / (‖a‖ + ‖n‖) is
+    # 0.001 / 2.001 over its probes, whatever their sizes; the variables whose
+    # gradient is right stay far below, and never above their worst probe.
+    model = with_custom(GradScaledDense(12, name="scaled", scale=1.001))
+    result = check_gradients(model, *batch())
+    for variable in result.variables:
+        assert variable.vector_error <= variable.relative_error * (1 + 1e-12)
+        if variable.path.endswith("scaled/kernel"):
+            assert variable.vector_error == pytest.approx(0.001 / 2.001, rel=0.01)
+        else:
+            assert variable.vector_error < 1e-6, str(result)
+    assert result.max_vector_error == pytest.approx(0.001 / 2.001, rel=0.01)
+    assert "(vector form, one variable)" in result.summary()
+
+
 def test_a_model_checked_again_is_checked_at_its_new_weights():
     # The float64 copy (and on JAX its compiled code) is kept between checks:
     # the second check must see the trained weights and still find the bug.

@@ -66,6 +66,7 @@ from trainwatch.numerics.relative_error import (
     confirm_verdict,
     judge_line,
     relative_error,
+    vector_relative_error,
 )
 from trainwatch.rules import no_gradient
 from trainwatch.sanity import describe_loss
@@ -149,6 +150,10 @@ class VariableCheck:
         verdict: `"ok"`, `"suspicious"`, `"wrong"` or `"inconclusive"`.
         relative_error: The largest relative error among conclusive probes
             (NaN when none was conclusive).
+        vector_error: The vector form `‖a − n‖ / (‖a‖ + ‖n‖)` over the
+            conclusive probes that crossed no kink, per loss part, the largest
+            part (NaN when none). Never above `relative_error`, and less moved
+            by a coordinate whose gradient is tiny next to the others'.
         estimated_error: The largest relative error the check estimated for
             itself among those probes: what "precise" meant here.
         coordinates: The coordinates probed.
@@ -171,6 +176,7 @@ class VariableCheck:
     lines: list
     gradient_missing: bool = False
     notes: list = dataclasses.field(default_factory=list)
+    vector_error: float = float("nan")
 
     def worst(self, count=3) -> list:
         """The `count` probes with the largest relative error, worst first."""
@@ -226,8 +232,15 @@ class GradientCheckResult:
         errors = [e for e in errors if np.isfinite(e)]
         return max(errors) if errors else float("nan")
 
+    @property
+    def max_vector_error(self) -> float:
+        """The largest per-variable vector-form relative error (NaN if none)."""
+        errors = [v.vector_error for v in self.variables]
+        errors = [e for e in errors if np.isfinite(e)]
+        return max(errors) if errors else float("nan")
+
     def summary(self) -> str:
-        """One line: passed or failed, precision, worst error."""
+        """One line: passed or failed, precision, worst errors."""
         state = "PASSED" if self.passed else "FAILED"
         if not self.passed and not self.failed:
             counts = [v.verdict for v in self.variables]
@@ -236,11 +249,13 @@ class GradientCheckResult:
         return (
             f"Gradient check {state} ({self.precision}, {self.examples} examples, "
             f"{len(self.variables)} variables): max relative error "
-            f"{_fmt(self.max_relative_error)}."
+            f"{_fmt(self.max_relative_error)} (one probe), "
+            f"{_fmt(self.max_vector_error)} (vector form, one variable)."
         )
 
     def _rows(self):
-        header = ["variable", "shape", "step", "rel. error", "own estimate"]
+        header = ["variable", "shape", "step", "rel. error", "vector form"]
+        header += ["own estimate"]
         header += ["kinks", "verdict"]
         rows = []
         for v in self.variables:
@@ -250,6 +265,7 @@ class GradientCheckResult:
                     "x".join(str(s) for s in v.shape) or "scalar",
                     f"{v.step:.1e}",
                     _fmt(v.relative_error),
+                    _fmt(v.vector_error),
                     _fmt(v.estimated_error),
                     f"{v.kinks}/{len(v.lines) // max(1, _parts_count(v))}",
                     v.verdict,
@@ -1225,7 +1241,21 @@ def _judge_variable(variable, record, pooled, loss, eps, thresholds, precision):
         lines=all_lines,
         gradient_missing=missing,
         notes=notes,
+        vector_error=_vector_error(conclusive),
     )
+
+
+def _vector_error(conclusive_lines) -> float:
+    """The vector-form relative error of the probes that crossed no kink,
+    per loss part; the largest part's (NaN when no probe qualifies)."""
+    by_part = {}
+    for line in conclusive_lines:
+        if not line.kink and line.index is not None:
+            pair = by_part.setdefault(line.part, ([], []))
+            pair[0].append(line.analytic)
+            pair[1].append(line.numeric)
+    errors = [vector_relative_error(a, n) for a, n in by_part.values()]
+    return max(errors, default=float("nan"))
 
 
 _LOSS_INDEPENDENT = (

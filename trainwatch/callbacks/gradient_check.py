@@ -10,8 +10,10 @@ due. Each check is bounded (a few forward passes per variable on a few
 examples); inside `TrainWatch`, later checks are skipped while trainwatch is
 over its time budget.
 
-Logged (run `train`): `gradcheck/<variable.path>` (log10 of the relative error),
-`gradcheck_estimate/<variable.path>` (log10 of the check's own error estimate),
+Logged (run `train`): `gradcheck/<variable.path>` (log10 of the worst probe's
+relative error), `gradcheck_vector/<variable.path>` (log10 of the vector-form
+relative error of its probes), `gradcheck_estimate/<variable.path>` (log10 of
+the check's own error estimate),
 `gradcheck_summary/*` scalars and the table as text
 (`gradcheck_summary/table`); findings `gradient_wrong`, `gradient_suspicious`,
 `gradient_missing`, `gradient_check_imprecise`. Findings are kept once per
@@ -338,6 +340,10 @@ class GradientCheck(Monitor):
         for variable in result.variables:
             if math.isfinite(variable.relative_error):
                 scalars[f"gradcheck/{variable.path}"] = _log10(variable.relative_error)
+            if math.isfinite(variable.vector_error):
+                scalars[f"gradcheck_vector/{variable.path}"] = _log10(
+                    variable.vector_error
+                )
             if math.isfinite(variable.estimated_error):
                 scalars[f"gradcheck_estimate/{variable.path}"] = _log10(
                     variable.estimated_error
@@ -345,6 +351,10 @@ class GradientCheck(Monitor):
         if math.isfinite(result.max_relative_error):
             scalars["gradcheck_summary/max_log10_relative_error"] = _log10(
                 result.max_relative_error
+            )
+        if math.isfinite(result.max_vector_error):
+            scalars["gradcheck_summary/max_log10_vector_error"] = _log10(
+                result.max_vector_error
             )
         scalars["gradcheck_summary/wrong_variables"] = float(len(result.failed))
         scalars["gradcheck_summary/seconds"] = float(result.seconds)
