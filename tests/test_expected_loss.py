@@ -149,3 +149,43 @@ def test_output_problems():
     sigmoid = np.full((32, 1), 0.5)
     assert "sigmoid" in el.output_problems(el.BINARY, sigmoid, True)[0]
     assert el.output_problems(el.MEAN_SQUARED_ERROR, logits, False) == []
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize(
+    "kind, keras_loss",
+    [
+        (el.BINARY, keras.losses.BinaryCrossentropy),
+        (el.CATEGORICAL, keras.losses.CategoricalCrossentropy),
+    ],
+)
+def test_loss_floor_is_keras_loss_at_the_best_prediction(kind, keras_loss, smoothing):
+    # Soft targets (rows of probabilities): Keras's loss at the prediction
+    # equal to the (smoothed) targets is the floor, and random predictions
+    # stay above it.
+    rng = np.random.default_rng(1)
+    raw = rng.uniform(size=(6, 4))
+    y = raw if kind == el.BINARY else raw / raw.sum(-1, keepdims=True)
+    floor = el.loss_floor(kind, y, smoothing)
+    assert floor > 0.1
+    classes = 2.0 if kind == el.BINARY else y.shape[-1]
+    best = y * (1 - smoothing) + smoothing / classes
+    loss = keras_loss(label_smoothing=smoothing)
+    at_best = float(keras.ops.convert_to_numpy(loss(y, best.astype("float32"))))
+    assert at_best == pytest.approx(floor, rel=1e-4)
+    for _ in range(5):
+        other = rng.uniform(0.05, 0.95, size=y.shape)
+        if kind == el.CATEGORICAL:
+            other /= other.sum(-1, keepdims=True)
+        above = float(keras.ops.convert_to_numpy(loss(y, other.astype("float32"))))
+        assert above > floor
+
+
+def test_hard_targets_and_squared_error_have_a_floor_of_zero():
+    assert el.loss_floor(el.CATEGORICAL, np.eye(4)[[0, 3, 1]]) == 0.0
+    assert el.loss_floor(el.BINARY, np.array([[1.0], [0.0]])) == 0.0
+    assert el.loss_floor(el.SPARSE_CATEGORICAL, np.array([0, 3, 1])) == 0.0
+    assert el.loss_floor(el.MEAN_SQUARED_ERROR, np.array([[0.3], [2.0]])) == 0.0
+    # smoothing one-hot labels over 10 classes: -(0.82 ln 0.82 + 9 · 0.02 ln 0.02)
+    smoothed = el.loss_floor(el.CATEGORICAL, np.eye(10)[[3, 7]], 0.2)
+    assert smoothed == pytest.approx(-(0.82 * np.log(0.82) + 0.18 * np.log(0.02)))

@@ -12,6 +12,7 @@ from keras.src.random.seed_generator import global_seed_generator
 from trainwatch import sanity
 from trainwatch.backends import model_copy
 from trainwatch.callbacks.sanity_check import TEXT_TAG, SanityCheck
+from trainwatch.numerics import expected_loss as el
 from trainwatch.sanity import SanityReport, describe_loss, sanity_check
 from trainwatch.tensorboard import read_events
 
@@ -125,6 +126,50 @@ def test_frozen_bottleneck_cannot_overfit():
     assert [a["learning_rate"] for a in attempts] == pytest.approx([1e-2, 1e-1])
     assert not any(a["reached"] for a in attempts)
     assert "too little capacity" in report.findings[0].advice
+
+
+def _digit_images(n=64):
+    from sklearn.datasets import load_digits
+
+    return (load_digits().data[:n] / 16.0).astype("float32")
+
+
+@pytest.mark.parametrize("bottleneck, fits", [(32, True), (1, False)])
+def test_soft_targets_are_overfitted_towards_their_floor(bottleneck, fits):
+    # An autoencoder's binary cross-entropy on pixel intensities cannot fall
+    # below their entropy (0.21 on 20 digits), far above 0.02 of its start:
+    # the target is measured from that floor. One unit cannot memorize them.
+    x = _digit_images()
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(bottleneck, activation="relu"),
+            keras.layers.Dense(64, activation="sigmoid"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy")
+    report = sanity_check(model, x, x, checks=["overfit"], verbose=0)
+    first = report["overfit"].values["attempts"][0]
+    assert first["floor"] == pytest.approx(el.loss_floor(el.BINARY, x[:20]), rel=1e-6)
+    assert first["floor"] > 0.15
+    assert first["target"] > first["floor"]
+    if fits:
+        assert report["overfit"].status != "failed", str(report)
+        assert _codes(report) == []
+    else:
+        assert _codes(report) == ["cannot_overfit_small_subset"]
+        assert "its floor of" in report.findings[0].message
+
+
+def test_smoothed_labels_are_overfitted_towards_their_floor():
+    x, y = _data()
+    model = _classifier(output_activation=None, regularize=False)
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.2)
+    model.compile(keras.optimizers.Adam(1e-2), loss)
+    assert describe_loss(model).label_smoothing == pytest.approx(0.2)
+    report = sanity_check(model, x, np.eye(CLASSES)[y], checks=["overfit"], verbose=0)
+    assert report["overfit"].status == "passed", str(report)
+    assert report["overfit"].values["target"] > 0.5  # the floor: 0.56 for 4 classes
 
 
 class NegativeL2(keras.regularizers.Regularizer):

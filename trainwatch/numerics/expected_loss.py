@@ -139,6 +139,58 @@ def expected_initial_loss(kind, num_classes=None, y_true=None) -> float:
     return float(np.mean(_as_float_array(y_true) ** 2))
 
 
+def _entropy_terms(p) -> np.ndarray:
+    """`-p ln p` elementwise, 0 where `p` is 0 (clipped to [0, 1])."""
+    p = np.clip(p, 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p > 0.0, -p * np.log(np.where(p > 0.0, p, 1.0)), 0.0)
+
+
+def loss_floor(kind, y_true, label_smoothing=0.0) -> float:
+    """The least mean loss any prediction can reach on these targets.
+
+    A cross-entropy is smallest where the prediction equals the target
+    distribution, and is then the targets' own entropy: 0 for one-hot or 0/1
+    targets, but more for soft targets (pixel intensities an autoencoder
+    reconstructs, distilled or mixed labels) and under label smoothing, which
+    Keras applies to the targets first. Squared error reaches 0.
+
+    Args:
+        kind: One of `LOSS_KINDS`.
+        y_true: The targets, as the loss receives them (class ids for the
+            sparse cross-entropy, which has no floor above 0).
+        label_smoothing: The loss's `label_smoothing`. Defaults to `0.0`.
+
+    Returns:
+        The floor, a float >= 0 (the mean over examples, as Keras reduces).
+
+    Example:
+
+    >>> round(loss_floor("binary_crossentropy", [[0.5, 1.0]]), 4)  # ln(2) / 2
+    0.3466
+    >>> loss_floor("categorical_crossentropy", [[0.0, 1.0, 0.0]])
+    0.0
+    >>> round(loss_floor("categorical_crossentropy", [[0.0, 1.0]], 0.1), 4)
+    0.1985
+    """
+    _check_kind(kind)
+    if kind in (SPARSE_CATEGORICAL, MEAN_SQUARED_ERROR):
+        return 0.0
+    y = _as_float_array(y_true)
+    if y.size == 0 or not np.all(np.isfinite(y)):
+        return 0.0
+    smoothing = float(label_smoothing or 0.0)
+    if kind == BINARY:
+        if smoothing:
+            y = y * (1.0 - smoothing) + 0.5 * smoothing
+        terms = _entropy_terms(y) + _entropy_terms(1.0 - y)
+        return float(np.mean(terms))
+    y = y.reshape(-1, y.shape[-1]) if y.ndim else y.reshape(1, 1)
+    if smoothing:
+        y = y * (1.0 - smoothing) + smoothing / y.shape[-1]
+    return float(np.mean(np.sum(_entropy_terms(y), axis=-1)))
+
+
 def _log_softmax(z):
     z = z - np.max(z, axis=-1, keepdims=True)
     return z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
