@@ -92,6 +92,9 @@ def batch():
 LAYERS = {
     "unregistered_layer": lambda: Scale(2.0),
     "lambda_layer": lambda: keras.layers.Lambda(lambda t: 2.0 * t),
+    # Keras rebuilds a lambda from bytecode without this module's globals
+    # (`ops`): the copies call the live function instead.
+    "lambda_using_globals": lambda: keras.layers.Lambda(lambda t: ops.tanh(t) * 2.0),
     "custom_activation": lambda: keras.layers.Dense(5, activation=soft_sign_squared),
     "add_loss_layer": lambda: PenalizesActivity(),
 }
@@ -112,6 +115,15 @@ def test_user_code_is_checked_in_float64(kind):
         assert result.loss.regularization > 0  # the layer's loss, checked apart
     for before, after in zip(weights, model.get_weights()):
         np.testing.assert_array_equal(before, after)
+
+
+def test_a_lambda_using_globals_is_trained_on_a_copy_in_the_sanity_checks():
+    from trainwatch.sanity import sanity_check
+
+    model = model_with(LAYERS["lambda_using_globals"]())
+    report = sanity_check(model, *batch(), checks=["overfit"], verbose=0)
+    assert report["overfit"].values["trained"] == "a copy of the model", str(report)
+    assert "problems" not in report["overfit"].values, str(report)
 
 
 def test_keras_layers_alone_are_not_user_code():

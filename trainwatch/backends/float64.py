@@ -347,10 +347,13 @@ def make_float64_shadow(model):
             serialized = dict(serialized)
             serialized.pop("compile_config", None)
             serialized = _retype(serialized)
-            # `safe_mode=False` lets a `Lambda` layer's function come back: it
+            # A `Lambda` layer gets the user's own function back, live: Keras
+            # would rebuild a Python lambda from bytecode without its globals.
+            serialized, lambdas = model_copy.live_lambda_callables(model, serialized)
+            # `safe_mode=False` lets any other `Lambda` function come back: it
             # is the user's own, serialized a moment ago in this process.
             shadow = keras.saving.deserialize_keras_object(
-                serialized, custom_objects=live, safe_mode=not has_lambda
+                serialized, custom_objects={**live, **lambdas}, safe_mode=not has_lambda
             )
     except Exception as error:  # any failure to rebuild means "no float64 copy"
         raise Float64Unavailable(

@@ -293,9 +293,89 @@ def _config_without_regularizers(layer):
             setattr(layer, name, value)
 
 
+def _live_lambda_config(layer, config) -> dict:
+    """A `Lambda` layer's config with its own function (and callable output
+    shape and mask) in place of their serialized bytecode.
+
+    Keras rebuilds a Python lambda from bytecode without its module's
+    globals, so `lambda t: keras.ops.abs(t[0] - t[1])` fails in the copy
+    ("could not infer the shape of the Lambda's output"); the copy runs in
+    the same process and can call the user's function itself.
+    """
+    config = dict(config)
+    config["function"] = layer.function
+    for key, live in (("output_shape", layer._output_shape), ("mask", layer.mask)):
+        if callable(live):
+            config[key] = live
+        elif key == "output_shape" and isinstance(config.get(key), list):
+            config[key] = tuple(config[key])
+    config["arguments"] = dict(layer.arguments)
+    return config
+
+
+def live_lambda_callables(model, serialized) -> tuple[dict, dict]:
+    """Points the `Lambda` layers of a serialized model at their live callables.
+
+    Each `Lambda` layer config in `serialized` (matched to `model`'s layers by
+    name; names used twice are left alone) gets its function and callable
+    output shape as names of entries in the returned custom objects, and its
+    callable mask as the object itself (`Lambda.from_config` passes masks
+    through untouched). Deserialize with those custom objects.
+
+    Args:
+        model: The live model.
+        serialized: `keras.saving.serialize_keras_object(model)`, not modified.
+
+    Returns:
+        `(serialized copy, custom objects)`.
+
+    Example:
+
+    >>> config = keras.saving.serialize_keras_object(model)  # doctest: +SKIP
+    >>> config, objects = live_lambda_callables(model, config)  # doctest: +SKIP
+    >>> copy = keras.saving.deserialize_keras_object(
+    ...     config, custom_objects=objects
+    ... )  # doctest: +SKIP
+    """
+    layers, seen = {}, set()
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.Lambda):
+            if layer.name in seen:
+                layers.pop(layer.name, None)
+            else:
+                layers[layer.name] = layer
+            seen.add(layer.name)
+    objects = {}
+
+    def visit(node):
+        if isinstance(node, list):
+            return [visit(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        out = {key: visit(value) for key, value in node.items()}
+        inner = out.get("config")
+        if out.get("class_name") == "Lambda" and isinstance(inner, dict):
+            layer = layers.get(inner.get("name"))
+            if layer is not None:
+                inner = dict(inner)
+                key = f"trainwatch_live_lambda_{len(objects)}"
+                objects[key], inner["function"] = layer.function, key
+                if callable(layer._output_shape):
+                    key = f"trainwatch_live_lambda_{len(objects)}"
+                    objects[key], inner["output_shape"] = layer._output_shape, key
+                if callable(layer.mask):
+                    inner["mask"] = layer.mask
+                out["config"] = inner
+        return out
+
+    return visit(serialized), objects
+
+
 def _clone_layer_function(zero_dropout):
     def clone_layer(layer):
         config = _strip_config(_config_without_regularizers(layer), zero_dropout)
+        if isinstance(layer, keras.layers.Lambda):
+            return keras.layers.Lambda(**_live_lambda_config(layer, config))
         if zero_dropout and type(layer).__name__ in _DROPOUT_LAYERS:
             config["rate"] = 0.0
         if zero_dropout and isinstance(layer, keras.layers.GaussianNoise):
