@@ -161,6 +161,31 @@ def test_soft_targets_are_overfitted_towards_their_floor(bottleneck, fits):
         assert "its floor of" in report.findings[0].message
 
 
+def test_overfit_copy_memorizes_without_random_augmentation():
+    # Flips and shifts of 20% would make 20 digits 40 moving targets: the
+    # copy runs its augmentation layers as at inference, the user's model not.
+    images = _digit_images().reshape(-1, 8, 8, 1)
+    labels = np.arange(len(images)) % 10
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.RandomFlip("horizontal"),
+            keras.layers.RandomTranslation(0.2, 0.2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    report = sanity_check(model, images, labels, checks=["overfit"], verbose=0)
+    attempts = report["overfit"].values["attempts"]
+    assert report["overfit"].status == "passed", str(report)
+    assert [a["learning_rate_factor"] for a in attempts] == [1.0], str(report)
+    assert "call" not in vars(model.layers[0])  # the user's layer is untouched
+    flipped = model.layers[0](images[:32], training=True)  # some of 32, surely
+    assert not np.allclose(keras.ops.convert_to_numpy(flipped), images[:32])
+
+
 def test_smoothed_labels_are_overfitted_towards_their_floor():
     x, y = _data()
     model = _classifier(output_activation=None, regularize=False)

@@ -380,7 +380,10 @@ def _clone_layer_function(zero_dropout):
             config["rate"] = 0.0
         if zero_dropout and isinstance(layer, keras.layers.GaussianNoise):
             config["stddev"] = 0.0
-        return layer.__class__.from_config(config)
+        clone = layer.__class__.from_config(config)
+        if zero_dropout:
+            _augmentation_off(clone)
+        return clone
 
     return clone_layer
 
@@ -424,12 +427,33 @@ def _deep_copy(model, config_error):
 
 
 def _zero_dropout_in_place(model):
-    """Sets the rate of every dropout and noise layer inside `model` to 0."""
+    """Sets the rate of every dropout and noise layer inside `model` to 0, and
+    runs its image augmentation layers as at inference."""
     for layer in _all_layers(model):
         if type(layer).__name__ in _DROPOUT_LAYERS and hasattr(layer, "rate"):
             layer.rate = 0.0
         if isinstance(layer, keras.layers.GaussianNoise):
             layer.stddev = 0.0
+        _augmentation_off(layer)
+
+
+def _augmentation_off(layer):
+    """Makes an image preprocessing layer of a copy (`RandomFlip`,
+    `RandomTranslation`, …) compute as at inference, also while the copy
+    trains: random augmentation is a regularizer, and the overfit check
+    memorizes its examples as they are. At inference most of these layers
+    pass their input through (`RandomCrop` crops the center)."""
+    bases = {cls.__name__ for cls in type(layer).__mro__}
+    if "BaseImagePreprocessingLayer" not in bases:
+        return
+    call = layer.call
+
+    def call_at_inference(*args, **kwargs):
+        if "training" in kwargs:
+            kwargs["training"] = False
+        return call(*args, **kwargs)
+
+    layer.call = call_at_inference
 
 
 def _is_functional(model):
