@@ -115,6 +115,34 @@ def test_saturated_outputs_are_one_finding_that_blames_the_weights(output):
     assert all("not used" in " ".join(v.notes) for v in result.variables)
 
 
+def test_a_softmax_over_one_unit_is_named_not_weights_blown_up():
+    # every prediction is 1: binary cross-entropy clips the 0 labels' and the
+    # saturated-outputs finding advised a lower learning rate
+    model = keras.Sequential(
+        [
+            keras.Input((10,)),
+            keras.layers.Dense(12, activation="relu"),
+            keras.layers.Dense(1, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="sgd", loss="binary_crossentropy")
+    labels = (Y % 2).astype("float32")
+    assert 0 < labels.sum() < len(labels)
+    result = check_gradients(model, X, labels, coordinates=2)
+    found = missing(result)
+    if keras.backend.backend() == "tensorflow":
+        # TensorFlow's cross-entropy takes the logits behind a Keras softmax:
+        # a gradient flows (the sanity check names the layer there)
+        assert found == []
+        return
+    [finding] = found
+    assert finding.severity == "error"
+    assert f"{model.layers[-1].path} is a softmax over a single unit" in finding.message
+    assert "saturated" not in finding.message
+    assert "learning rate" not in finding.advice
+    assert 'Dense(1, activation="sigmoid")' in finding.advice
+
+
 def test_dead_relus_under_the_output_layer_are_one_finding():
     model = relu_mlp()
     hidden_bias = model.layers[1].bias

@@ -794,3 +794,38 @@ def test_a_relu_on_the_logits_is_named():
     linear = _classifier(output_activation=None, regularize=False)
     linear.compile("adam", loss)
     assert sanity_check(linear, x, y, checks=["initial_loss"], verbose=0).passed
+
+
+@pytest.mark.parametrize(
+    "loss", ["binary_crossentropy", "sparse_categorical_crossentropy", "mse"]
+)
+def test_a_softmax_over_one_unit_is_named_and_not_overfitted(loss):
+    # `Dense(1, activation="softmax")` for a binary task outputs 1 whatever the
+    # weights: under binary cross-entropy the initial loss was called 6.98
+    # "confident outputs" on JAX (a large output bias advised), and on
+    # TensorFlow nothing was said while the accuracy stayed at 0.49
+    x, _ = _data()
+    y = (x[:, 0] > 0).astype("float32")
+    model = keras.Sequential(
+        [
+            keras.Input((FEATURES,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(1, activation="softmax", name="head"),
+        ]
+    )
+    model.compile("adam", loss)
+    report = sanity_check(model, x, y, overfit_steps=5, verbose=0)
+    assert _codes(report) == ["softmax_single_unit"], str(report)
+    [finding] = report.findings
+    assert finding.severity == "error" and finding.where == model.layers[-1].path
+    assert "all 64 outputs checked are 1" in finding.message
+    assert loss in finding.message
+    assert 'Dense(1, activation="sigmoid")' in finding.advice
+    assert report["overfit"].status == "skipped"
+    sigmoid = keras.Sequential(
+        [keras.Input((FEATURES,)), keras.layers.Dense(1, activation="sigmoid")]
+    )
+    sigmoid.compile("adam", "binary_crossentropy")
+    report = sanity_check(sigmoid, x, y, checks=["initial_loss"], verbose=0)
+    assert "softmax_single_unit" not in _codes(report)
+

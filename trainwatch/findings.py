@@ -43,6 +43,7 @@ CODES = (
     "targets_not_normalized",
     "targets_out_of_range",
     "labels_single_class",
+    "softmax_single_unit",
     "init_scale_unusual",
     "loss_noisy",
     "weights_nan",

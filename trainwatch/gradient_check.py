@@ -69,7 +69,7 @@ from trainwatch.numerics.relative_error import (
     vector_relative_error,
 )
 from trainwatch.rules import no_gradient
-from trainwatch.sanity import describe_loss
+from trainwatch.sanity import describe_loss, output_activation
 
 __all__ = [
     "GradientCheckResult",
@@ -929,10 +929,21 @@ def _no_gradient_evidence(eval_model, user_model, batch, y, loss, examples):
     try:
         return no_gradient.evidence(
             data_loss, examples, spec.kind, spec.from_logits, y, y_pred,
-            float(keras.config.epsilon()),
+            float(keras.config.epsilon()), _softmax_single_unit(user_model, y_pred),
         )  # fmt: skip
     except Exception:  # labels and predictions that do not fit together
         return no_gradient.evidence(data_loss, examples)
+
+
+def _softmax_single_unit(model, y_pred):
+    """The output layer's path when it is a softmax over one unit, else `None`."""
+    if y_pred is None or y_pred.ndim < 2 or y_pred.shape[-1] != 1:
+        return None
+    try:
+        activation, layer = output_activation(model)
+    except Exception:  # an unusual model: not judged
+        return None
+    return layer if activation == "softmax" else None
 
 
 def _replace_missing(findings, paths, finding) -> list:

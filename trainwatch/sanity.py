@@ -42,7 +42,7 @@ from trainwatch.backends import get_backend, model_copy
 from trainwatch.backends import model_functions as mf
 from trainwatch.findings import Finding
 from trainwatch.numerics import expected_loss as el
-from trainwatch.rules import labels, targets
+from trainwatch.rules import labels, outputs, targets
 
 CHECKS = ("initial_loss", "regularization", "overfit")
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
@@ -347,14 +347,19 @@ def _check_initial_loss(model, x, y, spec, rtol) -> CheckResult:
         y_pred = _forward(model, xb)
     if isinstance(y_pred, (list, tuple, dict)):
         return CheckResult(name, SKIPPED, "several outputs: skipped", values, ())
+    constant = _softmax_single_unit(model, y_pred, spec)
+    if constant is not None:  # no expected loss to compare: the output is 1
+        summary = "softmax over a single output unit: the output is always 1"
+        return CheckResult(name, FAILED, summary, values, (constant,))
     scale_findings = ()
     if spec.kind == el.MEAN_SQUARED_ERROR or targets.is_regression_loss(spec.name):
         try:
             y_true = _to_numpy(y)
-            activation, layer = _output_activation(model)
+            activation, layer = output_activation(model)
+            predicted = _to_numpy(y_pred)
             scale = targets.target_range(y_true, activation, spec.name, where=layer)
             if scale is None:  # out of range says more than the scale
-                scale = targets.target_scale(y_true, _to_numpy(y_pred), spec.name)
+                scale = targets.target_scale(y_true, predicted, spec.name)
         except (TypeError, ValueError):  # targets of another structure: not judged
             scale = None
         scale_findings = () if scale is None else (scale,)
@@ -370,13 +375,33 @@ def _check_initial_loss(model, x, y, spec, rtol) -> CheckResult:
     return result._replace(findings=result.findings + scale_findings)
 
 
-def _output_activation(model):
-    """`(activation name, layer path)` of a single-output model's last layer;
-    `(None, None)` for a linear output or one that cannot be told."""
-    outputs = getattr(model, "outputs", None) or []
+def _softmax_single_unit(model, y_pred, spec):
+    """The `softmax_single_unit` finding of a one-unit softmax output, or `None`."""
+    try:
+        predicted = _to_numpy(y_pred)
+        units = int(predicted.shape[-1]) if predicted.ndim >= 2 else None
+        activation, layer = output_activation(model)
+    except (TypeError, ValueError):
+        return None
+    return outputs.softmax_single_unit(
+        activation, units, spec.name, predicted, where=layer
+    )
+
+
+def output_activation(model):
+    """The activation of a single-output model's last layer.
+
+    Args:
+        model: A Keras model.
+
+    Returns:
+        `(activation name, layer path)`; `(None, None)` for a linear output
+        or one that cannot be told.
+    """
+    model_outputs = getattr(model, "outputs", None) or []
     layer = None
-    if len(outputs) == 1:
-        history = getattr(outputs[0], "_keras_history", None)
+    if len(model_outputs) == 1:
+        history = getattr(model_outputs[0], "_keras_history", None)
         layer = getattr(history, "operation", None)
     if layer is None and isinstance(model, keras.Sequential) and model.layers:
         layer = model.layers[-1]
@@ -393,7 +418,7 @@ def _output_center(model, kind, num_outputs) -> float:
     0.5 behind a sigmoid, 1/outputs behind a softmax, else 0."""
     if kind != el.MEAN_SQUARED_ERROR:
         return 0.0
-    activation, _ = _output_activation(model)
+    activation, _ = output_activation(model)
     if activation in ("sigmoid", "hard_sigmoid"):
         return 0.5
     if activation == "softmax" and num_outputs and num_outputs > 1:
@@ -932,6 +957,15 @@ def _loss_not_finite(results) -> bool:
 _STILL_LEARNING = 0.1  # a loss this far down when time ran out: no verdict
 
 
+def _output_constant(results) -> bool:
+    """Whether the initial loss check found a softmax over a single unit."""
+    return any(
+        finding.code == "softmax_single_unit"
+        for result in results
+        for finding in result.findings
+    )
+
+
 def _cut_short_while_learning(attempt) -> bool:
     """Whether an attempt ran out of time while memorizing: its loss had
     fallen to `_STILL_LEARNING` of its start (of 0.02 wanted), without rising
@@ -1292,6 +1326,12 @@ def sanity_check(
                 summary = (
                     "the initial loss is not finite on these examples: nothing to "
                     "overfit (see the initial loss check)"
+                )
+                results.append(CheckResult(check, SKIPPED, summary, {}, ()))
+            elif _output_constant(results):
+                summary = (
+                    "the output is a softmax over one unit, always 1: nothing "
+                    "to overfit (see the initial loss check)"
                 )
                 results.append(CheckResult(check, SKIPPED, summary, {}, ()))
             else:

@@ -41,6 +41,7 @@ import numpy as np
 
 from trainwatch.findings import Finding
 from trainwatch.numerics import expected_loss as el
+from trainwatch.rules import outputs
 
 __all__ = [
     "CUT",
@@ -234,6 +235,8 @@ class Evidence(NamedTuple):
         clipping: `clipped_predictions` for a probability cross-entropy, else
             `None`.
         epsilon: The loss's clipping of probabilities.
+        softmax_single_unit: The output layer's path when it is a softmax
+            over a single unit (always 1, whatever the weights), else `None`.
     """
 
     loss: float
@@ -244,10 +247,18 @@ class Evidence(NamedTuple):
     expected_text: str | None = None
     clipping: Clipping | None = None
     epsilon: float = 1e-7
+    softmax_single_unit: str | None = None
 
 
 def evidence(
-    loss, examples, kind=None, from_logits=False, y_true=None, y_pred=None, epsilon=1e-7
+    loss,
+    examples,
+    kind=None,
+    from_logits=False,
+    y_true=None,
+    y_pred=None,
+    epsilon=1e-7,
+    softmax_single_unit=None,
 ) -> Evidence:
     """Gathers the `Evidence` from the loss and the predictions (numpy).
 
@@ -259,6 +270,8 @@ def evidence(
         y_true, y_pred: Labels and predictions, or `None` (no clipping
             counted). Default to `None`.
         epsilon: The loss's clipping of probabilities. Defaults to `1e-7`.
+        softmax_single_unit: The output layer's path when it is a softmax
+            over a single unit. Defaults to `None`.
 
     Example:
 
@@ -280,7 +293,7 @@ def evidence(
         clipping = clipped_predictions(kind, y_true, y_pred, epsilon)
     return Evidence(
         float(loss), int(examples), kind, bool(from_logits), expected, text,
-        clipping, float(epsilon),
+        clipping, float(epsilon), softmax_single_unit,
     )  # fmt: skip
 
 
@@ -358,6 +371,16 @@ def _all_flat(found, evidence) -> Finding:
         f"{evidence.examples} checked examples is flat in all {found.total} of "
         f"them ({_layers(found.layers)}). {_loss_words(evidence)}"
     )
+    if evidence.softmax_single_unit:
+        return Finding(
+            "gradient_missing",
+            "error",
+            f"{head} The output layer {evidence.softmax_single_unit} is a softmax "
+            "over a single unit, which outputs exactly 1 whatever its input and "
+            "weights: no change of any weight changes the prediction, so the "
+            "weights did not blow up; the output cannot move.",
+            outputs.ADVICE,
+        )
     clipping = evidence.clipping
     if clipping is not None and clipping.all_clipped:
         eps = _number(evidence.epsilon)
