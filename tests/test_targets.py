@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from trainwatch.rules import targets
 from trainwatch.rules.targets import is_regression_loss, target_scale
 from trainwatch.sanity import sanity_check
 
@@ -126,3 +127,37 @@ def test_an_output_activation_that_cannot_reach_the_targets(
     assert finding.where == head.path
     assert f"goes through {activation}" in finding.message
     assert "activation=None" in finding.advice
+
+
+def test_class_ids_are_told_from_counts():
+    ids = np.arange(64.0) % 10
+    finding = targets.class_ids(ids, np.zeros((64, 1)), "mse", where="m/out")
+    assert finding.code == "targets_are_class_ids" and finding.where == "m/out"
+    assert "integers 0 to 9, every one present, 6 to 7 times" in finding.message
+    assert "a 0 mistaken for a 9 costs 81 times" in finding.message
+    assert "sparse_categorical_crossentropy" in finding.advice
+    # labels starting at 1, as an (n, 1) column
+    assert targets.class_ids((ids + 1)[:, None], np.zeros((64, 1)), "mse")
+    rng = np.random.default_rng(1)
+    quiet = {
+        "counts": rng.poisson(3.0, 64),  # peaked: rarest 0.07 of the commonest
+        "gap": np.where(ids == 4, 5.0, ids),
+        "two classes": ids % 2,
+        "fractions": ids + 0.5,
+        "real": rng.normal(size=64),
+        "from 2": ids + 2,
+    }
+    for name, values in quiet.items():
+        assert targets.class_ids(values, np.zeros((64, 1)), "mse") is None, name
+    # one output per class: not regressed on a single output
+    assert targets.class_ids(ids, np.zeros((64, 10)), "mse") is None
+
+
+def test_sanity_check_names_class_ids_regressed_with_mse():
+    x, _ = house_prices()
+    ids = (np.arange(len(x)) % 10).astype("float32")
+    report = sanity_check(regressor("mse"), x, ids, checks=("initial_loss",), verbose=0)
+    assert "targets_are_class_ids" in {f.code for f in report.findings}, str(report)
+    y = np.random.default_rng(0).normal(size=len(x)).astype("float32")
+    report = sanity_check(regressor("mse"), x, y, checks=("initial_loss",), verbose=0)
+    assert "targets_are_class_ids" not in {f.code for f in report.findings}

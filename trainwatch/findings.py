@@ -42,6 +42,7 @@ CODES = (
     "inputs_not_finite",
     "targets_not_normalized",
     "targets_out_of_range",
+    "targets_are_class_ids",
     "labels_single_class",
     "softmax_single_unit",
     "init_scale_unusual",

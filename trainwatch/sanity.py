@@ -358,7 +358,10 @@ def _check_initial_loss(model, x, y, spec, rtol) -> CheckResult:
             activation, layer = output_activation(model)
             predicted = _to_numpy(y_pred)
             scale = targets.target_range(y_true, activation, spec.name, where=layer)
-            if scale is None:  # out of range says more than the scale
+            # out of range, then class ids, say more than the scale
+            if scale is None:
+                scale = targets.class_ids(y_true, predicted, spec.name, where=layer)
+            if scale is None:
                 scale = targets.target_scale(y_true, predicted, spec.name)
         except (TypeError, ValueError):  # targets of another structure: not judged
             scale = None

@@ -31,6 +31,7 @@ from trainwatch.findings import Finding
 __all__ = [
     "OUTPUT_RANGES",
     "REGRESSION_LOSSES",
+    "class_ids",
     "is_regression_loss",
     "target_range",
     "target_scale",
@@ -196,3 +197,82 @@ def target_scale(y_true, y_pred, loss_name, where=None) -> Finding | None:
             where=where,
         )
     return None
+
+
+# Class ids regressed on one output: at least this many distinct ids, at most
+# `_MOST_CLASSES`, and the rarest at least `_BALANCE` times as frequent as the
+# commonest. Counts and ratings are peaked (Poisson(3) on 64 examples: the
+# rarest value 0.07 of the commonest), drawn classes are not (digits, 64
+# examples: 0.33).
+_FEWEST_CLASSES = 3
+_MOST_CLASSES = 100
+_BALANCE = 0.2
+CLASS_IDS_ADVICE = (
+    "If the targets are classes, give the output layer one unit per class "
+    'with a softmax (`Dense(num_classes, activation="softmax")`), compile '
+    'with `sparse_categorical_crossentropy` and `metrics=["accuracy"]`, '
+    "and keep the integer labels as they are. If they are counts or ordered "
+    "scores that mean numbers, this does not apply."
+)
+
+
+def class_ids(y_true, y_pred, loss_name, where=None) -> Finding | None:
+    """`targets_are_class_ids` when a regression loss is fitted to class ids.
+
+    Classification labels (0, 1, ..., C-1) passed to a one-output network
+    under mean squared error train without complaint, but as points on a
+    line: the loss makes a 0 mistaken for a 9 cost 81 times a 0 mistaken for
+    a 1, and a network unsure between two classes predicts the id between
+    them. The targets tell: integers, every id from the lowest (0 or 1) to the
+    highest present, drawn about evenly.
+
+    Args:
+        y_true: The targets of some training examples.
+        y_pred: What the untrained model outputs for them (only its shape is
+            used: one output per example).
+        loss_name: The loss's name, for the message.
+        where: Output layer's name. Defaults to `None`.
+
+    Returns:
+        A `targets_are_class_ids` warning, or `None`.
+
+    Example:
+
+    >>> y = np.arange(64.0) % 10
+    >>> class_ids(y, np.zeros((64, 1)), "mse").code
+    'targets_are_class_ids'
+    >>> class_ids(y, np.zeros((64, 10)), "mse") is None  # one output per class
+    True
+    >>> class_ids(np.random.default_rng(0).normal(size=64), np.zeros(64), "mse")
+    """
+    targets = np.asarray(y_true, dtype=np.float64)
+    outputs = np.asarray(y_pred)
+    if targets.ndim == 0 or outputs.ndim == 0:
+        return None
+    if outputs.ndim > 1 and outputs.shape[-1] != 1:
+        return None
+    if targets.ndim > 1 and targets.shape[-1] != 1:
+        return None
+    targets = targets.reshape(-1)
+    if not np.all(np.isfinite(targets)) or np.any(targets != np.round(targets)):
+        return None
+    low, high = float(targets.min()), float(targets.max())
+    classes = int(high - low) + 1
+    if low not in (0.0, 1.0) or not _FEWEST_CLASSES <= classes <= _MOST_CLASSES:
+        return None
+    counts = np.bincount((targets - low).astype(np.int64), minlength=classes)
+    if counts.min() < _BALANCE * counts.max():  # a gap, or peaked like counts
+        return None
+    return Finding(
+        "targets_are_class_ids",
+        "warning",
+        f"The {targets.size} regression targets ({loss_name}) are the integers "
+        f"{low:g} to {high:g}, every one present, {counts.min()} to "
+        f"{counts.max()} times each: class ids, it seems, fitted on a single "
+        f"output. {loss_name} treats them as points on a line: a {low:g} "
+        f"mistaken for a {high:g} costs {(high - low) ** 2:g} times a {low:g} "
+        f"mistaken for a {low + 1:g}, and a network unsure between two classes "
+        "predicts the id between them, a third class.",
+        CLASS_IDS_ADVICE,
+        where=where,
+    )
