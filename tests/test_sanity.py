@@ -829,3 +829,16 @@ def test_a_softmax_over_one_unit_is_named_and_not_overfitted(loss):
     report = sanity_check(sigmoid, x, y, checks=["initial_loss"], verbose=0)
     assert "softmax_single_unit" not in _codes(report)
 
+
+def test_multi_label_rows_under_categorical_crossentropy_are_named():
+    x, y = _data()
+    labels = np.eye(CLASSES)[y]
+    labels[::2, 0] = 1.0  # a second label on half the rows
+    model = _classifier(regularize=False)
+    model.compile("adam", "categorical_crossentropy")
+    report = sanity_check(model, x, labels, checks=["initial_loss"], verbose=0)
+    [finding] = report.findings
+    several = int(np.sum(labels.sum(-1) >= 2))
+    assert f"{several} of the 64 label rows hold several 1s" in finding.message
+    assert "sigmoid output" in finding.message
+    assert "binary_crossentropy" in finding.message

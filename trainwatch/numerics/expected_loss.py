@@ -470,7 +470,18 @@ def label_problems(kind, y_true, num_classes=None) -> list[str]:
             )
             return problems
         values = y.astype(np.float64)
-        if values.min() < 0 or not np.allclose(values.sum(-1), 1.0, atol=1e-3):
+        rows = values.reshape(-1, num_classes) if num_classes else values
+        several = int(np.sum(np.sum(rows == 1, axis=-1) >= 2))
+        if several and np.all((rows == 0) | (rows == 1)):
+            problems.append(
+                f"{several} of the {len(rows)} label rows hold several 1s "
+                f"(up to {int(rows.sum(-1).max())}): the labels are multi-label, "
+                "but categorical_crossentropy (with a softmax) makes the classes "
+                "share one unit of probability, so no example can be given all "
+                "of its labels. Use a sigmoid output (one unit per label) with "
+                "binary_crossentropy, which judges each label on its own."
+            )
+        elif values.min() < 0 or not np.allclose(values.sum(-1), 1.0, atol=1e-3):
             problems.append(
                 "categorical_crossentropy expects each label row to be a "
                 "distribution (non-negative, summing to 1), but some rows are not."
