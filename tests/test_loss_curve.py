@@ -336,3 +336,35 @@ def test_validation_size_is_known_to_the_overfitting_rule(kwargs, expected):
     curve = LossCurve(verbose=0)
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[curve], **kwargs)
     assert curve.validation_examples == expected
+
+
+def test_underfitting_names_the_dropout_layers_that_drop_most_inputs():
+    x, y = digits(128)
+    inner = keras.Sequential(
+        [keras.Input((32,)), keras.layers.Dense(16), keras.layers.Dropout(0.9)],
+        name="inner",
+    )
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dropout(0.95, name="drop"),
+            inner,
+            keras.layers.Dropout(0.3, name="usual"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    # weights that stay put: the accuracy is flat and poor
+    model.compile(
+        keras.optimizers.SGD(0.0),
+        "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    curve = LossCurve(verbose=0)
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[curve])
+    [finding] = [f for f in curve.context.findings if f.code == "underfitting"]
+    inner_drop = inner.layers[-1]
+    names = f"{model.layers[1].path or 'drop'}, {inner_drop.path or inner_drop.name}"
+    assert f"2 dropout layers ({names}) drop 90% to 95%" in finding.message
+    assert "usual" not in finding.message
+    assert "`Dropout(0.1)`" in finding.advice

@@ -674,6 +674,33 @@ def activation_layer_name(layer):
     return None
 
 
+_DROPOUT_CLASSES = (
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "AlphaDropout",
+    "GaussianDropout",
+)
+
+
+def dropout_rates(model) -> list:
+    """`(layer path, rate)` of every Keras dropout layer in `model`, in order.
+
+    Layers whose `rate` is not a number (a custom subclass) are left out.
+    """
+    rates = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        keras_class = any(
+            cls.__name__ in _DROPOUT_CLASSES and cls.__module__.startswith("keras")
+            for cls in type(layer).__mro__
+        )
+        rate = getattr(layer, "rate", None)
+        if keras_class and isinstance(rate, (int, float)):
+            rates.append((getattr(layer, "path", None) or layer.name, float(rate)))
+    return rates
+
+
 def leaf_layers(model) -> list:
     """Every layer reached from `model` that has no sublayers, in model order.
 

@@ -31,6 +31,7 @@ import threading
 from collections import deque
 
 from trainwatch.backends import computes_on_cpu
+from trainwatch.backends import model_functions as mf
 from trainwatch.callbacks.base import Monitor
 from trainwatch.numerics.curves import batch_losses, log10_or_none, window_mean_loss
 from trainwatch.rules import dynamics
@@ -384,9 +385,17 @@ class LossCurve(Monitor):
             epoch=self.context.epoch,
             train_losses=self.history.get("loss", ()),
             val_losses=self.history.get("val_loss", ()),
+            dropout_rates=self._dropout_rates(),
         )
         if finding is not None:
             self.context.report(finding)
+
+    def _dropout_rates(self):
+        """The model's dropout rates, `()` where they cannot be read."""
+        try:
+            return mf.dropout_rates(self._model)
+        except Exception:  # an unusual model: underfitting judged without them
+            return ()
 
     # -- internals -----------------------------------------------------------
     @property

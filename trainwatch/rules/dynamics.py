@@ -102,6 +102,16 @@ UNDERFITTING_ADVICE = (
     "that the inputs are standardized and that regularization (dropout rates, "
     "weight penalties) is not too strong."
 )
+# Dropout layers dropping this share of their inputs or more are named as the
+# likely cause of underfitting: 0.1-0.5 is usual, and rates of 0.8-0.95 are
+# most often a keep probability written as Keras's `rate` (the share dropped).
+HIGH_DROPOUT = 0.75
+HIGH_DROPOUT_ADVICE = (
+    "Lower the dropout rates first (0.1 to 0.5 is usual): Keras's "
+    "`Dropout(rate)` drops the share `rate` of its inputs, so TensorFlow 1's "
+    "`keep_prob=0.9` is `Dropout(0.1)`, not `Dropout(0.9)`. Judge the "
+    "capacity, the learning rate and the other regularization only after that."
+)
 
 
 # The rules see a few dozen numbers (epochs, the latest batch losses): plain
@@ -689,6 +699,7 @@ def underfitting(
     train_losses: Sequence[float | None] = (),
     min_loss_drop=0.04,
     val_losses: Sequence[float | None] = (),
+    dropout_rates: Sequence[tuple[str, float]] = (),
 ) -> Finding | None:
     """Flags a training score that stays poor with little train/validation gap.
 
@@ -733,6 +744,9 @@ def underfitting(
         val_losses: Validation loss per epoch (`None` where there was no
             validation), aligned with `train_scores`, or `()`. Defaults to
             `()`.
+        dropout_rates: `(layer, rate)` of the model's dropout layers: rates
+            of `HIGH_DROPOUT` or more are named as the likely cause.
+            Defaults to `()`.
 
     Returns:
         An `underfitting` warning, or `None`.
@@ -777,16 +791,49 @@ def underfitting(
         detail = f"validation {val[-1]:.4g}, a gap of only {gap:.3g}"
     else:
         detail = "no validation data to compare"
+    cause, advice = _high_dropout(dropout_rates)
     return Finding(
         "underfitting",
         "warning",
         f"After {epochs.size} epochs the training {metric} is only {last:.4g} "
         f"(below {poor_score:g}; {detail}) and has stopped improving: "
         f"{gain:+.3g} per epoch over the last {recent.size} epochs, "
-        f"{gain / left:.1%} of what is left to 1 (below {min_progress:.0%}).",
-        UNDERFITTING_ADVICE,
+        f"{gain / left:.1%} of what is left to 1 (below {min_progress:.0%})."
+        f"{cause}",
+        advice,
         step=step,
         epoch=epoch,
+    )
+
+
+def _high_dropout(dropout_rates) -> tuple[str, str]:
+    """The sentence naming dropout rates of `HIGH_DROPOUT` or more (with a
+    leading space) and the advice to give, or `("", UNDERFITTING_ADVICE)`.
+
+    Example:
+
+    >>> _high_dropout([("d1", 0.95), ("d2", 0.2)])[0][:46]
+    ' The dropout layer d1 drops 95% of its inputs '
+    """
+    high = [(name, float(rate)) for name, rate in dropout_rates if rate >= HIGH_DROPOUT]
+    if not high:
+        return "", UNDERFITTING_ADVICE
+    low, top = min(rate for _, rate in high), max(rate for _, rate in high)
+    shown = f"{low:.0%}" if low == top else f"{low:.0%} to {top:.0%}"
+    names = ", ".join(name for name, _ in high[:3])
+    if len(high) > 3:
+        names += f" and {len(high) - 3} more"
+    if len(high) == 1:
+        who = f"The dropout layer {names} drops {shown} of its inputs"
+        survives = ""
+    else:
+        kept = math.prod(1.0 - rate for _, rate in high)
+        who = f"{len(high)} dropout layers ({names}) drop {shown} of their inputs"
+        survives = f"; a path through all of them survives {kept:.2%} of the steps"
+    return (
+        f" {who} in training{survives}: too little reaches the output to learn "
+        "from, and the noise swamps what is learned.",
+        HIGH_DROPOUT_ADVICE,
     )
 
 
