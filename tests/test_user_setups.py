@@ -340,3 +340,42 @@ def test_initial_binary_loss_allows_for_logits_correlated_with_the_labels(
     assert report["initial_loss"].status == status, report["initial_loss"].summary
     codes = [f.code for f in report.findings]
     assert codes == ([] if status == "passed" else ["initial_loss_unexpected"])
+
+
+def test_label_rows_that_are_not_distributions_are_blamed_for_wrong_gradients():
+    # Multi-label rows under softmax + categorical_crossentropy: TensorFlow's
+    # fused cross-entropy differentiates as if each row summed to 1 (digits
+    # MLP: gradient_wrong on every variable, "look at the backward pass");
+    # JAX and PyTorch differentiate the loss itself.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, N_FEATURES)).astype("float32")
+    y = np.eye(4)[[1, 2, 3, 1, 2, 3, 1, 2]]
+    y[::2, 0] = 1.0  # a second label on four rows
+    model = keras.Sequential(
+        [
+            keras.Input((N_FEATURES,)),
+            keras.layers.Dense(8, activation="tanh"),
+            keras.layers.Dense(4, activation="softmax"),
+        ]
+    )
+    model.compile("adam", "categorical_crossentropy")
+    wrong = [
+        f
+        for f in trainwatch.check_gradients(model, x, y).findings
+        if f.code == "gradient_wrong"
+    ]
+    if keras.backend.backend() == "tensorflow":
+        assert wrong
+    for finding in wrong:
+        assert "4 of the 8 label rows do not sum to 1" in finding.message
+        assert "sums from 1 to 2" in finding.message
+        assert "binary_crossentropy" in finding.advice
+        assert "backward pass of layer" not in finding.advice
+    from trainwatch.rules.labels import label_rows_not_distributions
+
+    one_hot = np.eye(4)[[1, 2, 3, 0]]
+    assert label_rows_not_distributions(one_hot, "categorical_crossentropy") is None
+    assert label_rows_not_distributions(y, "binary_crossentropy") is None
+    column = np.array([[0.0], [1.0], [1.0]])  # one 0/1 label per example
+    found = label_rows_not_distributions(column, "categorical_crossentropy")
+    assert found.startswith("1 of the 3 label rows do not sum to 1 (sums from 0 to 1)")

@@ -68,7 +68,7 @@ from trainwatch.numerics.relative_error import (
     relative_error,
     vector_relative_error,
 )
-from trainwatch.rules import no_gradient
+from trainwatch.rules import labels, no_gradient
 from trainwatch.sanity import describe_loss, output_activation
 
 __all__ = [
@@ -774,6 +774,7 @@ def _run(
     for check in checks:
         findings += _variable_findings(check, precision)
     findings = _point_past_weightless_layers(findings, checks, user_model)
+    findings = _blame_label_rows(findings, user_model, y)
     whole = _no_gradient_scope(checks, probed)
     if whole is not None:  # (nearly) no variable gets a gradient: one finding
         evidence = _no_gradient_evidence(
@@ -933,6 +934,27 @@ def _no_gradient_evidence(eval_model, user_model, batch, y, loss, examples):
         )  # fmt: skip
     except Exception:  # labels and predictions that do not fit together
         return no_gradient.evidence(data_loss, examples)
+
+
+def _blame_label_rows(findings, model, y) -> list:
+    """`findings` with wrong gradients put down to label rows that are not
+    distributions under categorical cross-entropy, where they are not."""
+    judged = ("gradient_wrong", "gradient_suspicious")
+    if not any(f.code in judged for f in findings):
+        return findings
+    try:
+        kind = describe_loss(model).kind
+        note = labels.label_rows_not_distributions(get_backend().to_numpy(y), kind)
+    except Exception:  # labels of another structure: the findings stand
+        return findings
+    if note is None:
+        return findings
+    return [
+        dataclasses.replace(f, message=f"{f.message} {note}", advice=labels.ROWS_ADVICE)
+        if f.code in judged
+        else f
+        for f in findings
+    ]
 
 
 def _softmax_single_unit(model, y_pred):
