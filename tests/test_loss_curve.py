@@ -368,3 +368,19 @@ def test_underfitting_names_the_dropout_layers_that_drop_most_inputs():
     assert f"2 dropout layers ({names}) drop 90% to 95%" in finding.message
     assert "usual" not in finding.message
     assert "`Dropout(0.1)`" in finding.advice
+
+
+def test_a_model_with_batch_normalization_waits_for_any_validation_fall():
+    from trainwatch.callbacks.loss_curve import _validation_fall
+
+    plain = mlp()
+    normalized = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(8),
+            keras.Sequential([keras.layers.BatchNormalization()]),  # nested too
+            keras.layers.Dense(3),
+        ]
+    )
+    assert _validation_fall(plain) == 0.05
+    assert _validation_fall(normalized) == 0.0

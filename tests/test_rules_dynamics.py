@@ -251,6 +251,28 @@ def test_no_overfitting_while_the_validation_loss_still_falls_fast():
     assert found is not None and "a gap of 0.166" in found.message
 
 
+def test_with_batch_normalization_any_fall_of_the_validation_loss_waits():
+    """A CNN with BatchNormalization on 8x8 digits (JAX): for five epochs the
+    validation accuracy stays near guessing while training climbs, the
+    validation loss falling only 1-4% an epoch; later it caught up (0.73 at
+    epoch 10). With `val_fall=0` (what LossCurve passes for such a model) no
+    overfitting is said while the validation loss still falls at all."""
+    losses = [2.279, 2.176, 2.058, 1.91, 1.754, 1.595]
+    val_losses = [2.294, 2.275, 2.243, 2.178, 2.09, 2.052]
+    scores = [0.157, 0.306, 0.327, 0.447, 0.481, 0.522]
+    val_scores = [0.102, 0.119, 0.146, 0.159, 0.218, 0.162]
+    args = (losses, val_losses, scores, val_scores)
+    kwargs = {"val_examples": 597, "chance": 0.1}
+    assert dynamics.overfitting(*args, **kwargs) is not None  # 5% asked for
+    assert dynamics.overfitting(*args, **kwargs, val_fall=0.0) is None
+    # once the validation loss no longer falls, the gap counts again
+    stalled = val_losses[:-1] + [2.09]
+    found = dynamics.overfitting(
+        losses, stalled, scores, val_scores, **kwargs, val_fall=0.0
+    )
+    assert found is not None and found.code == "overfitting"
+
+
 def test_overfitting_from_rising_validation_loss():
     train = [1.0, 0.6, 0.4, 0.3, 0.2, 0.1]
     val = [1.1, 0.7, 0.6, 0.65, 0.7, 0.8]

@@ -654,8 +654,8 @@ def _at_chance(val_scores, chance, val_examples) -> bool:
 
 
 def _still_falling(losses, times, fall) -> bool:
-    """Whether each of the last `times` finite losses is at least `fall` (a
-    fraction) below the one before it.
+    """Whether each of the last `times` finite losses is more than `fall` (a
+    fraction) below the one before it (with `fall=0`: lower at all).
 
     Example:
 
@@ -665,7 +665,7 @@ def _still_falling(losses, times, fall) -> bool:
     recent = _finite(losses)[-(times + 1) :]
     if len(recent) < times + 1 or min(recent[:-1]) <= 0:
         return False
-    return all(b <= (1.0 - fall) * a for a, b in zip(recent, recent[1:]))
+    return all(b < (1.0 - fall) * a for a, b in zip(recent, recent[1:]))
 
 
 def _score_noise(val_scores, val_examples):
