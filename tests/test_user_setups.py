@@ -1,5 +1,7 @@
 """Set-ups users hit that the other tests do not cover: clear errors, no crash."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -379,3 +381,71 @@ def test_label_rows_that_are_not_distributions_are_blamed_for_wrong_gradients():
     column = np.array([[0.0], [1.0], [1.0]])  # one 0/1 label per example
     found = label_rows_not_distributions(column, "categorical_crossentropy")
     assert found.startswith("1 of the 3 label rows do not sum to 1 (sums from 0 to 1)")
+
+
+# -- another writer in trainwatch's log dir (Keras's TensorBoard callback) ---------
+
+
+class OtherEventWriter(keras.callbacks.Callback):
+    """Appends to an event file of its own in `log_dir/train` at each epoch
+    end, as Keras's `TensorBoard` callback does (which needs TensorFlow)."""
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self.path = os.path.join(log_dir, "train", "events.out.tfevents.1.other.v2")
+
+    def on_epoch_end(self, epoch, logs=None):
+        from tensorboard.compat.proto import event_pb2
+
+        from trainwatch.tensorboard.records import RecordFileWriter
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with open(self.path, "ab") as file:
+            event = event_pb2.Event(wall_time=1.0, step=epoch)
+            RecordFileWriter(file).write(event.SerializeToString())
+
+
+def test_another_writer_in_the_run_directories_is_named(tmp_path):
+    """TensorBoard follows one file per run while it reloads: a second writer
+    into `train/` hides trainwatch's new events (or its own) until a restart."""
+    x, y = make_data()
+    other = OtherEventWriter(str(tmp_path))
+    watch = trainwatch.TrainWatch(
+        str(tmp_path), probe=(x[:16], y[:16]), verbose=0, gradient_check=False
+    )
+    make_model().fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[watch, other])
+    shared = [f for f in watch.context.findings if f.code == "event_files_shared"]
+    assert len(shared) == 1  # once, though the other file grows every epoch
+    assert shared[0].where == "train/" and shared[0].epoch == 1  # after ours
+    assert "events.out.tfevents.1.other.v2" in shared[0].message
+    assert "--reload_multifile=true" in shared[0].advice
+
+
+def test_trainwatchs_own_files_and_an_earlier_runs_are_no_other_writer(tmp_path):
+    """Standalone monitors sharing the dir, a second `fit`, and a file that an
+    earlier run left (not written since) give no `event_files_shared`."""
+    x, y = make_data()
+    old = OtherEventWriter(str(tmp_path))
+    old.on_epoch_end(0)
+    os.utime(old.path, (1.0, 1.0))  # last written long ago
+    callbacks = [
+        trainwatch.LossCurve(str(tmp_path), verbose=0),
+        trainwatch.UpdateRatio(str(tmp_path), verbose=0),
+        trainwatch.TrainWatch(
+            str(tmp_path), probe=(x[:16], y[:16]), verbose=0, gradient_check=False
+        ),
+    ]
+    model = make_model()
+    for _ in range(2):
+        model.fit(
+            x,
+            y,
+            epochs=2,
+            batch_size=16,
+            verbose=0,
+            callbacks=callbacks,
+            validation_split=0.25,
+        )
+    for callback in callbacks:
+        codes = {f.code for f in callback.context.findings}
+        assert "event_files_shared" not in codes, type(callback).__name__

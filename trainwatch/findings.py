@@ -49,6 +49,7 @@ CODES = (
     "loss_noisy",
     "weights_nan",
     "weights_not_updated",
+    "event_files_shared",
     "monitor_failed",
 )
 

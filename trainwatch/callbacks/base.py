@@ -111,6 +111,8 @@ class RunContext:
             )
         self.budget = float(budget)
         self.train_started_at = None
+        self._fit_started_wall_time = time.time()
+        self._epochs_checked_for_writers = 0
         self._seconds_before_this_fit = 0.0
         path = os.path.join(self.log_dir, FINDINGS_FILENAME) if self.log_dir else None
         self.findings = FindingLog(path)
@@ -240,6 +242,9 @@ class RunContext:
         if self.train_started_at is not None:
             self._seconds_before_this_fit += time.perf_counter() - self.train_started_at
         self.train_started_at = time.perf_counter()
+        self._fit_started_wall_time = time.time()
+        if self._epochs_checked_for_writers > 0:  # not once it was reported
+            self._epochs_checked_for_writers = 0
 
     def training_seconds(self) -> float:
         """Wall time spent in `fit` so far (all calls), trainwatch included."""
@@ -314,6 +319,42 @@ class RunContext:
         0.0
         """
         return self.training_seconds() - self._last_done_at.get(part, 0.0)
+
+    def check_other_writers(self, at_epoch_end=True):
+        """An `event_files_shared` finding when another writer (Keras's
+        `TensorBoard` callback given this `log_dir`) appends to this run's
+        directories, or `None`.
+
+        Looked for at the first two epoch ends of each `fit` (the other
+        callback may write its first event after ours, in the same epoch end)
+        and at its end: a directory listing each, not every epoch.
+
+        Args:
+            at_epoch_end: Whether called at an epoch end (counted), not at
+                the train end. Defaults to `True`.
+        """
+        if self.log_dir is None or self._epochs_checked_for_writers < 0:
+            return None
+        if at_epoch_end:
+            if self._epochs_checked_for_writers >= 2:
+                return None
+            self._epochs_checked_for_writers += 1
+        from trainwatch.rules.event_files import shared_event_files
+        from trainwatch.tensorboard.writer import event_files_of_other_writers
+
+        runs = sorted(set(self._writers) | {"train", "validation"})
+        since = self._fit_started_wall_time
+        finding = shared_event_files(
+            {
+                run: event_files_of_other_writers(
+                    os.path.join(self.log_dir, run), since
+                )
+                for run in runs
+            }
+        )
+        if finding is not None:
+            self._epochs_checked_for_writers = -1  # said once per context
+        return finding
 
     def flush(self):
         """Makes everything written so far readable on disk."""
@@ -478,13 +519,27 @@ class Monitor(keras.callbacks.Callback):
             if steps and self.context.step < start + steps:
                 self.context.step = start + steps
         self.guard("epoch_end", self.epoch_end, epoch, dict(logs or {}))
+        if self._owns_context:
+            self.guard("event_files", self._report_other_writers, True)
         self.context.flush()
 
     def on_train_end(self, logs=None):
         self.guard("train_end", self.end, dict(logs or {}))
         if self._owns_context:
+            self.guard("event_files", self._report_other_writers, False)
             self.guard("findings", self.context.publish_findings)
         self.context.flush()
+
+    def _report_other_writers(self, at_epoch_end):
+        finding = self.context.check_other_writers(at_epoch_end)
+        if finding is not None:
+            self.report(
+                finding.code,
+                finding.severity,
+                finding.message,
+                finding.advice,
+                where=finding.where,
+            )
 
     def step_for_batch(self, batch) -> int:
         """Global step after training batch `batch` (0-based within the epoch)."""

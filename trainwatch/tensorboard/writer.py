@@ -25,7 +25,7 @@ from trainwatch.tensorboard import _summaries
 from trainwatch.tensorboard.png import encode_png, to_uint8
 from trainwatch.tensorboard.records import RecordFileWriter, TemplateCrc32c
 
-__all__ = ["SummaryWriter", "shared_writer"]
+__all__ = ["SummaryWriter", "event_files_of_other_writers", "shared_writer"]
 
 _file_counter = itertools.count()
 # Scalars events of a layout seen before get their CRC from its template
@@ -38,6 +38,8 @@ _shared_writers: "weakref.WeakValueDictionary[str, SummaryWriter]" = (
     weakref.WeakValueDictionary()
 )
 _shared_lock = threading.Lock()
+# Real paths of every event file this process's writers opened.
+_own_event_files: set = set()
 
 
 def shared_writer(log_dir):
@@ -75,6 +77,48 @@ def shared_writer(log_dir):
             writer = SummaryWriter(log_dir, flush_secs=math.inf)
             _shared_writers[key] = writer
         return writer
+
+
+def event_files_of_other_writers(log_dir, since):
+    """Event files in `log_dir` that another writer changed since `since`.
+
+    TensorBoard, while it reloads, reads only the newest event file of a run
+    directory: two writers appending to one directory at once (Keras's
+    `TensorBoard` callback given trainwatch's `log_dir`) hide one file's new
+    events until TensorBoard restarts. Files that this process's writers
+    opened are not counted, nor files last changed before `since` (an earlier
+    run's, no longer written).
+
+    Args:
+        log_dir: Directory of one run (not searched recursively).
+        since: Wall time (`time.time()`) from which a change counts.
+
+    Returns:
+        The file names, sorted; `[]` when the directory does not exist.
+
+    Example:
+        >>> import tempfile
+        >>> log_dir = tempfile.mkdtemp()
+        >>> shared_writer(log_dir).scalar("loss", 1.0, step=0)
+        >>> event_files_of_other_writers(log_dir, since=0.0)
+        []
+    """
+    try:
+        entries = list(os.scandir(log_dir))
+    except OSError:  # not created (yet), or gone
+        return []
+    names = []
+    for entry in entries:
+        if "tfevents" not in entry.name:
+            continue
+        if os.path.realpath(entry.path) in _own_event_files:
+            continue
+        try:
+            if entry.is_file() and entry.stat().st_mtime >= since:
+                names.append(entry.name)
+        except OSError:  # removed meanwhile
+            continue
+    return sorted(names)
 
 
 class SummaryWriter:
@@ -402,6 +446,7 @@ class SummaryWriter:
                 f"Received: log_dir={self._log_dir!r}"
             ) from error
         self._file, self._path = file, path
+        _own_event_files.add(os.path.realpath(path))
         self._records = RecordFileWriter(file)
         # Flush and close at interpreter exit if the user never calls close().
         self._finalizer = weakref.finalize(self, file.close)
