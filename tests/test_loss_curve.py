@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+import trainwatch
 from trainwatch.callbacks.loss_curve import LossCurve, higher_is_better
 from trainwatch.callbacks.update_ratio import UpdateRatio
 from trainwatch.tensorboard import read_events
@@ -384,3 +385,32 @@ def test_a_model_with_batch_normalization_waits_for_any_validation_fall():
     )
     assert _validation_fall(plain) == 0.05
     assert _validation_fall(normalized) == 0.0
+
+
+def test_steps_per_execution_with_a_short_last_execution_keeps_the_step(tmp_path):
+    """7 steps an epoch, 4 an execution: Keras names the last execution (3
+    steps) batch 7; the global step still follows the optimizer's."""
+    if keras.backend.backend() == "torch":
+        pytest.skip("steps_per_execution must be 1 with the PyTorch backend")
+    x, y = digits(112)
+    model = mlp(steps_per_execution=4)
+    watch = trainwatch.TrainWatch(
+        str(tmp_path),
+        verbose=0,
+        loss_curve={"update_freq": 1},
+        update_ratio={"update_freq": 1, "time_share": 1.0},
+    )
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[watch])
+
+    assert int(model.optimizer.iterations) == 21
+    assert watch.context.step == 21
+    train = read_events(str(tmp_path))["train"]
+    # Each epoch's first window ends 4 steps after the epoch's start (7, 14).
+    assert steps_of(train.scalars["window_loss"]) == [4, 11, 18]
+    sampled = {
+        e.step
+        for t, s in train.scalars.items()
+        if t.startswith("update_ratio/")
+        for e in s
+    }
+    assert max(sampled) <= 21

@@ -542,10 +542,19 @@ class Monitor(keras.callbacks.Callback):
             )
 
     def step_for_batch(self, batch) -> int:
-        """Global step after training batch `batch` (0-based within the epoch)."""
+        """Global step after training batch `batch` (0-based within the epoch).
+
+        With `steps_per_execution = s`, Keras names an epoch's last, shorter
+        execution by where a full one would end (44 steps, `s = 8`: batch 47),
+        so the step is capped at the epoch's length where `fit` knows it.
+        """
         if self._owns_context:
             start = getattr(self, "_epoch_start_step", 0)
-            self.context.step = start + int(batch) + 1
+            done = int(batch) + 1
+            steps = (self.params or {}).get("steps")
+            if steps:
+                done = min(done, int(steps))
+            self.context.step = start + done
         return self.context.step
 
     # -- hooks for subclasses ----------------------------------------------
