@@ -449,3 +449,24 @@ def test_trainwatchs_own_files_and_an_earlier_runs_are_no_other_writer(tmp_path)
     for callback in callbacks:
         codes = {f.code for f in callback.context.findings}
         assert "event_files_shared" not in codes, type(callback).__name__
+
+
+def test_probe_without_a_models_named_inputs_names_them(tmp_path):
+    """A functional model on a dict of inputs, given an array probe: the error
+    names the keys the probe needs (Keras's own says "path `` not connected")."""
+    x, y = make_data()
+    a, b = keras.Input((3,), name="a"), keras.Input((3,), name="b")
+    hidden = keras.layers.Dense(8, activation="relu")(
+        keras.layers.Concatenate()([a, b])
+    )
+    model = keras.Model({"a": a, "b": b}, keras.layers.Dense(2)(hidden))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    inputs = {"a": x[:, :3], "b": x[:, 3:]}
+    for probe_x, missing in ((x[:16], "['a', 'b']"), ({"a": x[:16, :3]}, "['b']")):
+        counter = BatchCounter()
+        watch = trainwatch.TrainWatch(str(tmp_path), probe=(probe_x, y[:16]), verbose=0)
+        with pytest.raises(ValueError, match="dict of inputs with keys") as error:
+            model.fit(inputs, y, epochs=1, verbose=0, callbacks=[watch, counter])
+        assert f"lacks {missing}" in str(error.value)
+        assert "probe=({'a': ..., 'b': ...}, y)" in str(error.value)
+        assert counter.batches == 0

@@ -297,9 +297,30 @@ def _check_probe_fits(model, probe):
     try:
         mf.compute_loss_parts(model, *mf.convert_batch(tuple(head)))
     except (TypeError, ValueError) as error:
+        reason = str(error).rstrip()
+        if not reason.endswith("."):
+            reason += "."
         raise ValueError(
-            f"`probe` does not fit model {model.name!r}: {error} Pass a few "
+            f"`probe` does not fit model {model.name!r}: {reason}"
+            f"{_input_structure_hint(model, probe[0])} Pass a few "
             "examples of the training data, as `fit` gets them (same input "
             "shapes, same label format). Received: probe shapes "
             f"x={_shapes(probe[0])}, y={_shapes(probe[1])}"
         ) from error
+
+
+def _input_structure_hint(model, x):
+    """A sentence naming the model's named inputs when the probe's `x` lacks
+    some of them (a functional model built on a dict of `Input`s), else `""`."""
+    structure = getattr(model, "_inputs_struct", None)  # functional models
+    if not isinstance(structure, dict):
+        return ""
+    expected = sorted(structure)
+    missing = expected if not isinstance(x, dict) else sorted(set(structure) - set(x))
+    if not missing:
+        return ""
+    keys = ", ".join(f"{k!r}: ..." for k in expected)
+    return (
+        f" The model takes a dict of inputs with keys {expected}; the probe's "
+        f"x ({type(x).__name__}) lacks {missing}: pass `probe=({{{keys}}}, y)`."
+    )
