@@ -28,17 +28,10 @@ import keras
 import numpy as np
 
 from trainwatch.backends import get_backend
+from trainwatch.backends.model_functions import DROPOUT_CLASSES
 
 _REGULARIZER_SUFFIX = "_regularizer"
 _SCALABLE_ATTRIBUTES = ("l1", "l2", "factor")
-_DROPOUT_LAYERS = (
-    "Dropout",
-    "SpatialDropout1D",
-    "SpatialDropout2D",
-    "SpatialDropout3D",
-    "AlphaDropout",
-    "GaussianDropout",
-)
 
 
 class CloneUnavailable(RuntimeError):
@@ -376,7 +369,7 @@ def _clone_layer_function(zero_dropout):
         config = _strip_config(_config_without_regularizers(layer), zero_dropout)
         if isinstance(layer, keras.layers.Lambda):
             return keras.layers.Lambda(**_live_lambda_config(layer, config))
-        if zero_dropout and type(layer).__name__ in _DROPOUT_LAYERS:
+        if zero_dropout and type(layer).__name__ in DROPOUT_CLASSES:
             config["rate"] = 0.0
         if zero_dropout and isinstance(layer, keras.layers.GaussianNoise):
             config["stddev"] = 0.0
@@ -430,7 +423,7 @@ def _zero_dropout_in_place(model):
     """Sets the rate of every dropout and noise layer inside `model` to 0, and
     runs its image augmentation layers as at inference."""
     for layer in _all_layers(model):
-        if type(layer).__name__ in _DROPOUT_LAYERS and hasattr(layer, "rate"):
+        if type(layer).__name__ in DROPOUT_CLASSES and hasattr(layer, "rate"):
             layer.rate = 0.0
         if isinstance(layer, keras.layers.GaussianNoise):
             layer.stddev = 0.0

@@ -674,7 +674,8 @@ def activation_layer_name(layer):
     return None
 
 
-_DROPOUT_CLASSES = (
+# Keras's dropout layers, by class name (`model_copy` zeroes their rates too).
+DROPOUT_CLASSES = (
     "Dropout",
     "SpatialDropout1D",
     "SpatialDropout2D",
@@ -692,7 +693,7 @@ def dropout_rates(model) -> list:
     rates = []
     for layer in model._flatten_layers(include_self=False, recursive=True):
         keras_class = any(
-            cls.__name__ in _DROPOUT_CLASSES and cls.__module__.startswith("keras")
+            cls.__name__ in DROPOUT_CLASSES and cls.__module__.startswith("keras")
             for cls in type(layer).__mro__
         )
         rate = getattr(layer, "rate", None)

@@ -434,6 +434,17 @@ class Monitor(keras.callbacks.Callback):
         self._owns_context = False
         return self
 
+    def report_finding(self, finding: Finding) -> bool:
+        """Reports a `Finding` made elsewhere (a rule, a check) at the current
+        step and epoch, as `report` does."""
+        return self.report(
+            finding.code,
+            finding.severity,
+            finding.message,
+            finding.advice,
+            where=finding.where,
+        )
+
     def report(self, code, severity, message, advice, where=None) -> bool:
         """Reports a finding at the current step and epoch."""
         finding = Finding(
@@ -533,13 +544,7 @@ class Monitor(keras.callbacks.Callback):
     def _report_other_writers(self, at_epoch_end):
         finding = self.context.check_other_writers(at_epoch_end)
         if finding is not None:
-            self.report(
-                finding.code,
-                finding.severity,
-                finding.message,
-                finding.advice,
-                where=finding.where,
-            )
+            self.report_finding(finding)
 
     def step_for_batch(self, batch) -> int:
         """Global step after training batch `batch` (0-based within the epoch).

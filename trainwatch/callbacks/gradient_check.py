@@ -321,13 +321,7 @@ class GradientCheck(Monitor):
         self.results.append((step, result))
         self._write(result, step)
         for finding in result.findings:
-            self.report(
-                finding.code,
-                finding.severity,
-                finding.message,
-                finding.advice,
-                where=finding.where,
-            )
+            self.report_finding(finding)
         if result.failed:
             self._on_failure(result, step)
         return result

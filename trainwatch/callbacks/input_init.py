@@ -170,7 +170,7 @@ class InputAndInitChecks(Monitor):
             )
         self._write_input_scalars(stats)
         for finding in inputs.input_findings(stats):
-            self._report(finding)
+            self.report_finding(finding)
 
     def _write_input_scalars(self, stats):
         writer = self.context.writer("train")
@@ -221,18 +221,9 @@ class InputAndInitChecks(Monitor):
                 writer.scalars(values, self.context.step)
         heads = [layer.kernel.path for layer in _heads(layers)]
         for finding in initialization.kernel_findings(kernels, heads=heads):
-            self._report(finding)
+            self.report_finding(finding)
         for finding in initialization.signal_findings(gains):
-            self._report(finding)
-
-    def _report(self, finding):
-        self.report(
-            finding.code,
-            finding.severity,
-            finding.message,
-            finding.advice,
-            where=finding.where,
-        )
+            self.report_finding(finding)
 
 
 # -- data ---------------------------------------------------------------------

@@ -133,13 +133,7 @@ class SanityCheck(Monitor):
             writer.text(TEXT_TAG, self.result.to_markdown(), self.context.step)
             writer.flush()
         for finding in self.result.findings:
-            self.report(
-                finding.code,
-                finding.severity,
-                finding.message,
-                finding.advice,
-                where=finding.where,
-            )
+            self.report_finding(finding)
 
 
 def _describe(data):
