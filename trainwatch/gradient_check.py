@@ -69,7 +69,7 @@ from trainwatch.numerics.relative_error import (
     vector_relative_error,
 )
 from trainwatch.rules import labels, no_gradient
-from trainwatch.sanity import describe_loss, output_activation
+from trainwatch.sanity import describe_loss, softmax_single_unit_finding
 
 __all__ = [
     "GradientCheckResult",
@@ -927,10 +927,11 @@ def _no_gradient_evidence(eval_model, user_model, batch, y, loss, examples):
             y_pred = np.asarray(get_backend().to_numpy(y_pred), dtype=np.float64)
         except Exception:  # no predictions: the loss value alone is evidence
             y_pred = None
+    single_unit = _softmax_single_unit(user_model, y_pred, spec.name)
     try:
         return no_gradient.evidence(
             data_loss, examples, spec.kind, spec.from_logits, y, y_pred,
-            float(keras.config.epsilon()), _softmax_single_unit(user_model, y_pred),
+            float(keras.config.epsilon()), single_unit,
         )  # fmt: skip
     except Exception:  # labels and predictions that do not fit together
         return no_gradient.evidence(data_loss, examples)
@@ -957,15 +958,13 @@ def _blame_label_rows(findings, model, y) -> list:
     ]
 
 
-def _softmax_single_unit(model, y_pred):
+def _softmax_single_unit(model, y_pred, loss_name):
     """The output layer's path when it is a softmax over one unit, else `None`."""
-    if y_pred is None or y_pred.ndim < 2 or y_pred.shape[-1] != 1:
-        return None
     try:
-        activation, layer = output_activation(model)
+        finding = softmax_single_unit_finding(model, y_pred, loss_name)
     except Exception:  # an unusual model: not judged
         return None
-    return layer if activation == "softmax" else None
+    return None if finding is None else finding.where
 
 
 def _replace_missing(findings, paths, finding) -> list:

@@ -347,7 +347,7 @@ def _check_initial_loss(model, x, y, spec, rtol) -> CheckResult:
         y_pred = _forward(model, xb)
     if isinstance(y_pred, (list, tuple, dict)):
         return CheckResult(name, SKIPPED, "several outputs: skipped", values, ())
-    constant = _softmax_single_unit(model, y_pred, spec)
+    constant = softmax_single_unit_finding(model, y_pred, spec.name)
     if constant is not None:  # no expected loss to compare: the output is 1
         summary = "softmax over a single output unit: the output is always 1"
         return CheckResult(name, FAILED, summary, values, (constant,))
@@ -378,8 +378,17 @@ def _check_initial_loss(model, x, y, spec, rtol) -> CheckResult:
     return result._replace(findings=result.findings + scale_findings)
 
 
-def _softmax_single_unit(model, y_pred, spec):
-    """The `softmax_single_unit` finding of a one-unit softmax output, or `None`."""
+def softmax_single_unit_finding(model, y_pred, loss_name):
+    """The `softmax_single_unit` finding of a model whose output is a softmax
+    over one unit (its `where` is that layer's path), or `None`.
+
+    Args:
+        model: A Keras model.
+        y_pred: Its predictions on some examples, or `None`.
+        loss_name: The loss's name, for the message.
+    """
+    if y_pred is None:
+        return None
     try:
         predicted = _to_numpy(y_pred)
         units = int(predicted.shape[-1]) if predicted.ndim >= 2 else None
@@ -387,7 +396,7 @@ def _softmax_single_unit(model, y_pred, spec):
     except (TypeError, ValueError):
         return None
     return outputs.softmax_single_unit(
-        activation, units, spec.name, predicted, where=layer
+        activation, units, loss_name, predicted, where=layer
     )
 
 

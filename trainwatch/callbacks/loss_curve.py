@@ -278,6 +278,7 @@ class LossCurve(Monitor):
             _MAX_QUEUED if update_freq == "epoch" else min(update_freq, _MAX_QUEUED)
         )
         self._writer = None
+        self._val_fall = _VALIDATION_FALL
 
     # -- Keras hooks ---------------------------------------------------------
     def begin(self):
@@ -287,6 +288,7 @@ class LossCurve(Monitor):
         self._steps = int(steps) if steps else None
         # Created here, on the main thread: the batch hook runs in worker threads.
         self._writer = self.context.writer("train")
+        self._val_fall = _validation_fall(self._model)  # the layers stay put
 
     def epoch_begin(self, epoch):
         if self._queue:  # usually worked off at the last epoch's end already
@@ -653,7 +655,7 @@ class LossCurve(Monitor):
                 epoch=g,
                 val_examples=self.validation_examples,
                 chance=_chance_accuracy(self._model),
-                val_fall=_validation_fall(self._model),
+                val_fall=self._val_fall,
             )
         )
         for finding in findings:
